@@ -83,6 +83,8 @@ def base_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0
   c.model_name = "vita"
+  c.model = ConfigDict()        # model-specific keys, filled by each model's config
+  c.dtype = "float32"           # compute dtype ("bfloat16" on accelerators); params stay fp32
 
   # ---- data -------------------------------------------------------------------------------
   c.data = ConfigDict()
@@ -175,6 +177,10 @@ def base_config() -> ConfigDict:
   c.batch_size = 8             # global clips per step (official: 8 GPUs x 1 clip)
   c.num_train_steps = 140_000
   c.log_every_steps = 20
+  c.grad_accum_steps = 1        # micro-batches per step (batch_size must divide evenly)
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.max_nonfinite_steps = 20    # stop once more steps than this had a non-finite loss/grad
   return c
 
 
@@ -257,4 +263,9 @@ def validate(config: ConfigDict) -> ConfigDict:
     _fail("input.flip_prob", f"must be in [0, 1], got {inp.flip_prob}")
   if config.batch_size < 1:
     _fail("batch_size", f"must be >= 1, got {config.batch_size}")
+  if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+    _fail("grad_accum_steps",
+          f"must be >= 1 and divide batch_size={config.batch_size}, got {config.grad_accum_steps}")
+  if config.dtype not in ("float32", "bfloat16", "float16"):
+    _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config
