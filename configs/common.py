@@ -138,6 +138,20 @@ def base_config() -> ConfigDict:
       max_size_train=768,
   ))
 
+  # ---- criterion and matcher (official Mask2Former values; vis_jax/losses/) ------------------
+  c.loss = ConfigDict(dict(
+      eos_coef=0.1,                 # weight of the no-object class in CE
+      class_weight=2.0,             # CE loss / class cost
+      mask_weight=5.0,              # point BCE loss / cost
+      dice_weight=5.0,              # dice loss / cost
+      num_points=12544,             # points for matching (uniform) and losses (importance)
+      oversample_ratio=3.0,
+      importance_sample_ratio=0.75,
+      matcher="scipy",              # scipy (host, exact) | hungarian (pure JAX, exact) | greedy
+      deep_supervision=True,
+      mask_loss_per_frame=True,     # False: VITA's one BCE/dice per instance over T*P points
+  ))
+
   # ---- optimizer (official detectron2 groups; vis_jax/optim.py) -----------------------------
   c.optim = ConfigDict(dict(
       learning_rate=5e-5,
@@ -266,6 +280,8 @@ def validate(config: ConfigDict) -> ConfigDict:
   if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
     _fail("grad_accum_steps",
           f"must be >= 1 and divide batch_size={config.batch_size}, got {config.grad_accum_steps}")
+  if config.loss.matcher not in ("scipy", "hungarian", "greedy"):
+    _fail("loss.matcher", f"{config.loss.matcher!r} is not scipy, hungarian or greedy")
   if config.dtype not in ("float32", "bfloat16", "float16"):
     _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config
