@@ -195,6 +195,11 @@ def base_config() -> ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.max_nonfinite_steps = 20    # stop once more steps than this had a non-finite loss/grad
+  # Start from converted / exported parameters (python -m vis_jax.convert | vis_jax.export):
+  # tensors whose path and shape match are loaded, the rest keep their initial values and are
+  # reported. Ignored when the workdir already has a checkpoint (resume wins).
+  c.init_from = ""
+  c.init_from_strict = False    # True: any missing / unexpected / mismatched tensor is an error
   return c
 
 

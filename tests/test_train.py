@@ -195,3 +195,43 @@ def test_gradient_accumulation_equals_full_batch():
       init(jax.random.key_data(jax.random.key(0))), batch)
   np.testing.assert_allclose(m_full["loss"], m_acc["loss"], rtol=1e-6)
   np.testing.assert_allclose(full.params["head"]["w"], accum.params["head"]["w"], rtol=1e-6)
+
+
+def test_export_then_init_from_loads_and_reports(tmp_path):
+  workdir = tmp_path / "trained"
+  _run(workdir, "--config.num_train_steps=2")
+  exported = tmp_path / "exported"
+  out = subprocess.run([sys.executable, "-m", "vis_jax.export", f"--workdir={workdir}",
+                        f"--output={exported}"], env=_env(), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout)["step"] == 2
+  assert (exported / "config.json").exists()
+
+  from vis_jax import checkpointing
+  params, _ = checkpointing.load_inference_params(str(exported))
+  assert set(params) == {"conv1", "conv2", "norm", "head"}
+
+  started = subprocess.run(_command(tmp_path / "from_export", "--config.num_train_steps=1",
+                                    f"--config.init_from={exported}"),
+                           env=_env(), capture_output=True, text=True, timeout=600)
+  assert started.returncode == 0, started.stderr[-3000:]
+  assert "params: loaded 8 tensors" in started.stderr
+
+  # A wider model: conv1/conv2/norm/head shapes differ → reported; strict mode refuses.
+  strict = subprocess.run(_command(tmp_path / "strict", "--config.num_train_steps=1",
+                                   "--config.model.width=8", f"--config.init_from={exported}",
+                                   "--config.init_from_strict=True"),
+                          env=_env(), capture_output=True, text=True, timeout=600)
+  assert strict.returncode != 0 and "mismatched" in strict.stderr
+
+
+def test_merge_params_report():
+  from vis_jax import checkpointing
+  initial = {"a": {"w": np.zeros((2, 3))}, "b": {"w": np.zeros((4,))}, "c": np.zeros(1)}
+  loaded = {"a": {"w": np.ones((2, 3))}, "b": {"w": np.ones((5,))}, "d": np.ones(2)}
+  merged, report = checkpointing.merge_params(initial, loaded)
+  np.testing.assert_array_equal(merged["a"]["w"], np.ones((2, 3)))
+  np.testing.assert_array_equal(merged["b"]["w"], np.zeros((4,)))
+  assert report.loaded == ["a/w"] and report.missing == ["c"] and report.unexpected == ["d"]
+  assert report.mismatched == ["b/w (5,) vs (4,)"]

@@ -128,6 +128,28 @@ def make_train_step(bundle: ModelBundle, tx: optax.GradientTransformation,
   return step
 
 
+def _initialise_from(state: TrainState, sharding: Any, config: common.ConfigDict) -> TrainState:
+  """Overwrites freshly initialised params/model state with ``config.init_from`` where paths
+  and shapes match, and reports what was (not) loaded."""
+  loaded_params, loaded_state = checkpointing.load_inference_params(config.init_from)
+  host = jax.device_get((state.params, state.model_state))
+  params, report = checkpointing.merge_params(host[0], loaded_params)
+  model_state, state_report = checkpointing.merge_params(host[1], loaded_state)
+  message = (f"init_from {config.init_from}: params: {report.summary()}; model state: "
+             f"{state_report.summary()}")
+  logging.info(message)
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+  problems = report.missing or report.unexpected or report.mismatched or state_report.mismatched
+  if config.init_from_strict and problems:
+    raise ValueError(f"config.init_from_strict: {message}")
+  if not report.loaded:
+    raise ValueError(f"config.init_from: nothing in {config.init_from} matches the model "
+                     f"({message})")
+  return state.replace(params=jax.device_put(params, sharding.params),
+                       model_state=jax.device_put(model_state, sharding.model_state))
+
+
 def _memory_report(compiled: Any) -> dict[str, float]:
   try:
     analysis = compiled.memory_analysis()
@@ -187,6 +209,8 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
       logging.info("resumed from step %d", int(state.step))
     else:
       state = jax.jit(init_fn, out_shardings=state_sharding)(base_rng)
+      if config.init_from:
+        state = _initialise_from(state, state_sharding, config)
   start_step = int(state.step)
 
   step_fn = jax.jit(make_train_step(bundle, tx, schedule, config.grad_accum_steps),
