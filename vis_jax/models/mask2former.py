@@ -1,0 +1,336 @@
+"""Mask2Former's masked-attention transformer decoder (spec §1.3), batch-first, channels-last.
+
+``MultiScaleMaskedTransformerDecoder`` predicts from the learnable queries, then runs
+``dec_layers`` layers (official ``DEC_LAYERS - 1`` = 9) cycling over the three pixel-decoder
+levels (coarsest first): masked cross-attention → self-attention → FFN (post-norm by default),
+predicting after every layer. Each layer's cross-attention is restricted to the foreground
+(sigmoid ≥ 0.5) of the previous prediction resized to that level (``attention_mask_from_logits``);
+a query whose mask is empty attends everywhere (the official fallback).
+
+The image decoder is written so that the Mask2Former-VIS 3-D variant can reuse it: memory tokens
+are handled flattened (``decode``), mask features may carry extra spatial axes
+(``[B, T, H, W, D]`` → masks ``[B, Q, T, H, W]``), and the attention mask resizes only the last two
+axes and flattens the rest in (t, h, w) order, which is how the video decoder orders its memory.
+A video subclass only has to build the memory with 3-D sine positions in ``__call__``.
+
+Outputs (see ``MultiScaleMaskedTransformerDecoder.__call__``): ``aux_outputs`` is a **list** of
+dicts (initial-query prediction, then layers 1..L-1), the official structure, which is what
+``vis_jax/losses/criterion.py::stack_layers`` consumes; under ``jit`` a list is an ordinary pytree
+and the criterion stacks it once. ``query_features`` is stacked ``[L, B, Q, C]``.
+
+Hugging Face's ``Mask2FormerForUniversalSegmentation`` computes the same function in eval mode;
+its naming and packing differences are listed in ``vis_jax/convert_mask2former_heads.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vis_jax.models.layers.attention import MultiHeadAttention
+from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
+from vis_jax.models.layers.position import sine_position_2d
+from vis_jax.models.pixel_decoder import c2_xavier_init, layer_norm, resize_bilinear
+
+# Official masked attention blocks positions where sigmoid(mask logit) < 0.5.
+MASK_THRESHOLD = 0.5
+
+
+def unblock_empty_rows(allowed: jax.Array) -> jax.Array:
+  """Lets a query whose mask allows nothing attend everywhere (official fallback).
+
+  Args:
+    allowed: ``[..., N]`` bool, True = may attend.
+
+  Returns:
+    ``allowed`` with every all-False row along the last axis set to all-True.
+  """
+  return allowed | ~jnp.any(allowed, axis=-1, keepdims=True)
+
+
+def attention_mask_from_logits(mask_logits: jax.Array, size: Sequence[int],
+                               threshold: float = MASK_THRESHOLD) -> jax.Array:
+  """Masked-attention mask from predicted mask logits.
+
+  The logits are resized bilinearly (``align_corners=False``) to the level's ``(h, w)``; a
+  position may be attended where ``sigmoid(logit) >= threshold`` (the official code blocks
+  ``sigmoid < 0.5``; the comparison is done on the sigmoid, like the official one, so values
+  that round to exactly 0.5 behave identically); fully blocked rows are unblocked. No gradient
+  flows (the official mask is detached).
+
+  Args:
+    mask_logits: ``[B, Q, *extra, H, W]``, e.g. ``[B, Q, H, W]`` (image) or ``[B, Q, T, H, W]``
+      (video).
+    size: target ``(h, w)``.
+    threshold: sigmoid threshold.
+
+  Returns:
+    ``[B, Q, prod(extra)·h·w]`` bool, True = may attend, flattened in (*extra, h, w) order.
+  """
+  logits = jax.lax.stop_gradient(mask_logits).astype(jnp.float32)
+  logits = resize_bilinear(logits, size, axes=(-2, -1))
+  allowed = jax.nn.sigmoid(logits) >= threshold
+  return unblock_empty_rows(allowed.reshape(*allowed.shape[:2], -1))
+
+
+def _ffn_dense(features: int, fan_in: int, dtype: Any, param_dtype: Any, name: str) -> nn.Dense:
+  # The official layers xavier-fill every matrix; biases keep nn.Linear's default.
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=nn.initializers.xavier_uniform(),
+                  bias_init=torch_linear_bias_init(fan_in))
+
+
+class CrossAttentionLayer(nn.Module):
+  """Official ``CrossAttentionLayer``: submodules ``multihead_attn`` and ``norm``.
+
+  Attributes:
+    num_heads: attention heads.
+    pre_norm: normalise before attention (official ``PRE_NORM``; False in every config).
+    dtype, param_dtype: compute / parameter dtypes.
+  """
+  num_heads: int
+  pre_norm: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tgt: jax.Array, memory: jax.Array, mask: jax.Array | None,
+               pos: jax.Array, query_pos: jax.Array) -> jax.Array:
+    """``tgt [B, Q, C]`` attends ``memory [B, S, C]`` (key pos ``pos``); ``mask [B, Q, S]``."""
+    attn = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype,
+                              name="multihead_attn")
+    norm = layer_norm("norm", self.dtype, self.param_dtype)
+    mask = None if mask is None else mask[:, None]
+    if self.pre_norm:
+      return tgt + attn(norm(tgt) + query_pos, memory + pos, memory, mask)
+    return norm(tgt + attn(tgt + query_pos, memory + pos, memory, mask))
+
+
+class SelfAttentionLayer(nn.Module):
+  """Official ``SelfAttentionLayer``: submodules ``self_attn`` and ``norm``.
+
+  Attributes:
+    num_heads: attention heads.
+    pre_norm: normalise before attention.
+    dtype, param_dtype: compute / parameter dtypes.
+  """
+  num_heads: int
+  pre_norm: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tgt: jax.Array, query_pos: jax.Array) -> jax.Array:
+    """``[B, Q, C] -> [B, Q, C]``; queries and keys carry ``query_pos``, values do not."""
+    attn = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")
+    norm = layer_norm("norm", self.dtype, self.param_dtype)
+    if self.pre_norm:
+      tgt2 = norm(tgt)
+      return tgt + attn(tgt2 + query_pos, tgt2 + query_pos, tgt2)
+    return norm(tgt + attn(tgt + query_pos, tgt + query_pos, tgt))
+
+
+class FFNLayer(nn.Module):
+  """Official ``FFNLayer`` (ReLU): submodules ``linear1``, ``linear2``, ``norm``.
+
+  Attributes:
+    dim_feedforward: hidden width.
+    pre_norm: normalise before the FFN.
+    dtype, param_dtype: compute / parameter dtypes.
+  """
+  dim_feedforward: int = 2048
+  pre_norm: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tgt: jax.Array) -> jax.Array:
+    """``[B, Q, C] -> [B, Q, C]``."""
+    c = tgt.shape[-1]
+    norm = layer_norm("norm", self.dtype, self.param_dtype)
+
+    def ffn(x):
+      hidden = _ffn_dense(self.dim_feedforward, c, self.dtype, self.param_dtype, "linear1")(x)
+      return _ffn_dense(c, self.dim_feedforward, self.dtype, self.param_dtype,
+                        "linear2")(nn.relu(hidden))
+
+    if self.pre_norm:
+      return tgt + ffn(norm(tgt))
+    return norm(tgt + ffn(tgt))
+
+
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+  """Mask2Former's ``MultiScaleMaskedTransformerDecoder`` (image variant).
+
+  Parameters: ``query_feat_embed`` / ``query_embed`` (content / positional queries, official
+  ``query_feat`` / ``query_embed``; both ``nn.Embed`` so the optimizer's no-decay embedding rule
+  matches, as ``WEIGHT_DECAY_EMBED = 0`` does officially), ``level_embed``, ``input_proj_{l}``
+  (only if ``in_channels != hidden_dim`` or ``enforce_input_proj``),
+  ``transformer_{cross_attention,self_attention,ffn}_layers_{i}``, ``decoder_norm``,
+  ``class_embed``, ``mask_embed/layers_{0,1,2}``.
+
+  Attributes:
+    num_classes: ``K`` (the class head has ``K + 1`` outputs, no-object last).
+    hidden_dim: width ``C`` (``HIDDEN_DIM``).
+    num_queries: ``Q`` (``NUM_OBJECT_QUERIES``).
+    num_heads: attention heads (``NHEADS``).
+    dim_feedforward: FFN width (``DIM_FEEDFORWARD``).
+    dec_layers: decoder layers ``L`` = official ``DEC_LAYERS - 1`` (9).
+    pre_norm: pre-norm layers (``PRE_NORM``; False in every official config).
+    mask_dim: mask embedding width, must equal the mask features' width (``MASK_DIM``).
+    in_channels: width of the incoming multi-scale features (None = ``hidden_dim``).
+    enforce_input_proj: add the 1x1 input projections even when widths agree.
+    num_feature_levels: levels cycled through (always 3 officially).
+    dtype, param_dtype: compute / parameter dtypes.
+  """
+  num_classes: int
+  hidden_dim: int = 256
+  num_queries: int = 100
+  num_heads: int = 8
+  dim_feedforward: int = 2048
+  dec_layers: int = 9
+  pre_norm: bool = False
+  mask_dim: int = 256
+  in_channels: int | None = None
+  enforce_input_proj: bool = False
+  num_feature_levels: int = 3
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.hidden_dim
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # nn.Embedding's N(0, 1) init.
+    embed = lambda n: nn.Embed(n, c, embedding_init=nn.initializers.normal(1.0), **dt)
+    self.query_feat_embed = embed(self.num_queries)
+    self.query_embed = embed(self.num_queries)
+    self.level_embed = embed(self.num_feature_levels)
+    in_channels = c if self.in_channels is None else self.in_channels
+    if in_channels != c or self.enforce_input_proj:
+      self.input_proj = [nn.Conv(c, (1, 1), kernel_init=c2_xavier_init,
+                                 bias_init=nn.initializers.zeros, **dt)
+                         for _ in range(self.num_feature_levels)]
+    else:
+      self.input_proj = None
+    self.transformer_cross_attention_layers = [
+        CrossAttentionLayer(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+    self.transformer_self_attention_layers = [
+        SelfAttentionLayer(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+    self.transformer_ffn_layers = [
+        FFNLayer(self.dim_feedforward, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+    self.decoder_norm = layer_norm(None, **dt)
+    self.class_embed = torch_linear(self.num_classes + 1, c, **dt)
+    self.mask_embed = MLP(c, self.mask_dim, 3, **dt)
+
+  def project_level(self, x: jax.Array, level: int) -> jax.Array:
+    """Memory content of one level: optional 1x1 projection + level embedding.
+
+    Args:
+      x: ``[..., h, w, C_in]`` (any leading axes, e.g. ``[B, h, w, C_in]`` or
+        ``[B, T, h, w, C_in]``).
+      level: level index.
+
+    Returns:
+      ``[..., h, w, C]``.
+    """
+    x = x.astype(self.dtype)
+    if self.input_proj is not None:
+      x = self.input_proj[level](x)
+    elif x.shape[-1] != self.hidden_dim:
+      raise ValueError(f"level {level} has {x.shape[-1]} channels but hidden_dim is "
+                       f"{self.hidden_dim}; set in_channels to add input projections")
+    return x + self.level_embed.embedding[level].astype(self.dtype)
+
+  def prediction_heads(self, output: jax.Array, mask_features: jax.Array,
+                       target_size: Sequence[int]
+                       ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Shared heads on ``decoder_norm(output)`` (official ``forward_prediction_heads``).
+
+    Args:
+      output: ``[B, Q, C]`` decoder state.
+      mask_features: ``[B, *S, D]`` (``S = (H, W)`` or ``(T, H, W)``).
+      target_size: ``(h, w)`` of the level the next layer attends.
+
+    Returns:
+      ``(class logits [B, Q, K+1], mask logits [B, Q, *S], attention mask [B, Q, N_next]
+      (True = may attend), normed queries [B, Q, C])``.
+    """
+    normed = self.decoder_norm(output)
+    logits = self.class_embed(normed)
+    mask_embed = self.mask_embed(normed)
+    masks = jnp.einsum("bqc,b...c->bq...", mask_embed, mask_features.astype(self.dtype))
+    return logits, masks, attention_mask_from_logits(masks, target_size), normed
+
+  def decode(self, memories: Sequence[jax.Array], positions: Sequence[jax.Array],
+             level_sizes: Sequence[Sequence[int]], mask_features: jax.Array) -> dict[str, Any]:
+    """The decoder proper, on flattened memory (shared by image and video variants).
+
+    Args:
+      memories: per level ``[B, N_l, C]`` content (level embedding included).
+      positions: per level ``[B, N_l, C]`` key positional encodings.
+      level_sizes: per level ``(h_l, w_l)``; ``N_l = prod(extra)·h_l·w_l``.
+      mask_features: ``[B, *S, D]``.
+
+    Returns:
+      The output dict of ``__call__``.
+    """
+    n_levels = self.num_feature_levels
+    if not len(memories) == len(positions) == len(level_sizes) == n_levels:
+      raise ValueError(f"expected {n_levels} levels, got {len(memories)}")
+    b, q, c = mask_features.shape[0], self.num_queries, self.hidden_dim
+    query_pos = jnp.broadcast_to(self.query_embed.embedding[None], (b, q, c)).astype(self.dtype)
+    output = jnp.broadcast_to(self.query_feat_embed.embedding[None], (b, q, c)).astype(self.dtype)
+    positions = [p.astype(self.dtype) for p in positions]
+
+    logits, masks, allowed, _ = self.prediction_heads(output, mask_features, level_sizes[0])
+    all_logits, all_masks, query_features = [logits], [masks], []
+    for i in range(self.dec_layers):
+      level = i % n_levels
+      output = self.transformer_cross_attention_layers[i](
+          output, memories[level], allowed, positions[level], query_pos)
+      output = self.transformer_self_attention_layers[i](output, query_pos)
+      output = self.transformer_ffn_layers[i](output)
+      logits, masks, allowed, normed = self.prediction_heads(
+          output, mask_features, level_sizes[(i + 1) % n_levels])
+      all_logits.append(logits)
+      all_masks.append(masks)
+      query_features.append(normed)
+
+    return {
+        "pred_logits": all_logits[-1],
+        "pred_masks": all_masks[-1],
+        "aux_outputs": [{"pred_logits": lg, "pred_masks": mk}
+                        for lg, mk in zip(all_logits[:-1], all_masks[:-1], strict=True)],
+        "query_features": jnp.stack(query_features) if query_features else
+                          jnp.zeros((0, b, q, c), self.dtype),
+    }
+
+  def __call__(self, multi_scale_features: Sequence[jax.Array],
+               mask_features: jax.Array) -> dict[str, Any]:
+    """Runs the decoder on one batch of images.
+
+    Args:
+      multi_scale_features: ``num_feature_levels`` maps ``[B, h_l, w_l, C_in]``, coarsest first
+        (the pixel decoder's ``multi_scale_features``).
+      mask_features: ``[B, H, W, mask_dim]`` (1/4 resolution).
+
+    Returns:
+      ``pred_logits``: ``[B, Q, K+1]`` class logits of the last layer;
+      ``pred_masks``: ``[B, Q, H, W]`` mask logits of the last layer;
+      ``aux_outputs``: list of ``L`` dicts with the same two keys — the prediction from the
+        learnable queries, then layers ``1 .. L-1`` (official order);
+      ``query_features``: ``[L, B, Q, C]``, ``decoder_norm`` of the output of every layer
+        (not the initial queries) — what the heads see, and what VITA consumes (spec §3.2).
+    """
+    memories, positions, sizes = [], [], []
+    for level, x in enumerate(multi_scale_features):
+      b, h, w, _ = x.shape
+      sizes.append((h, w))
+      positions.append(sine_position_2d((b, h, w), self.hidden_dim // 2)
+                       .reshape(b, h * w, self.hidden_dim))
+      memories.append(self.project_level(x, level).reshape(b, h * w, self.hidden_dim))
+    return self.decode(memories, positions, sizes, mask_features)
