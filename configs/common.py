@@ -104,6 +104,9 @@ def base_config() -> ConfigDict:
       occlusion_labels=False,
   ))
   # 'error': stop with a message naming the file; 'skip': drop the sample, count and report.
+  # Local validation: hold out `num_videos` videos of training source `source` (seeded) and
+  # evaluate on them instead of config.data.eval (whose GT is private for YTVIS/OVIS).
+  c.data.local_val = ConfigDict(dict(source="", num_videos=0, seed=0))
   c.data.on_bad_sample = "error"
   c.data.num_workers = 0          # grain multiprocessing workers (0 = in-process)
   c.data.prefetch = 2             # batches buffered ahead of the device
@@ -191,6 +194,7 @@ def base_config() -> ConfigDict:
   c.batch_size = 8             # global clips per step (official: 8 GPUs x 1 clip)
   c.num_train_steps = 140_000
   c.log_every_steps = 20
+  c.eval_every_steps = 0        # --mode=train_and_eval: also evaluate every N steps (0: at end)
   c.grad_accum_steps = 1        # micro-batches per step (batch_size must divide evenly)
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
@@ -263,6 +267,9 @@ def validate(config: ConfigDict) -> ConfigDict:
       _fail(f"data.sources.{name}.ratio", f"must be >= 0, got {src.ratio}")
     if src.kind != "synthetic" and not src.json:
       _fail(f"data.sources.{name}.json", "an annotation path is needed")
+  if config.data.local_val.num_videos > 0 and config.data.local_val.source not in sources:
+    _fail("data.local_val.source",
+          f"{config.data.local_val.source!r} is not a training source ({sorted(sources)})")
   if config.data.on_bad_sample not in ("error", "skip"):
     _fail("data.on_bad_sample", f"{config.data.on_bad_sample!r} is not 'error' or 'skip'")
   inp = config.input

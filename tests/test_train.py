@@ -235,3 +235,9 @@ def test_merge_params_report():
   np.testing.assert_array_equal(merged["b"]["w"], np.zeros((4,)))
   assert report.loaded == ["a/w"] and report.missing == ["c"] and report.unexpected == ["d"]
   assert report.mismatched == ["b/w (5,) vs (4,)"]
+
+
+def test_eval_modes_refuse_a_model_without_video_inference(tmp_path):
+  out = subprocess.run(_command(tmp_path, "--mode=train_and_eval"), env=_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "has no video inference" in out.stderr

@@ -7,10 +7,12 @@ names it (the config is locked).
 Modes:
   train  train ``config.model_name`` (resuming from ``DIR/checkpoints`` if present); writes
          ``DIR/metrics.jsonl``, TensorBoard events and orbax checkpoints.
+  train_and_eval  train, and evaluate every ``config.eval_every_steps`` steps and at the end
+         (``DIR/eval/step_N/``: results.json, results.zip, metrics.json; AP lines in
+         metrics.jsonl). Needs a model with video inference.
+  eval   evaluate the latest checkpoint (or ``config.init_from``).
   data   run the input pipeline end to end (generating the synthetic dataset on first use),
          write ``DIR/data_report.json`` and a contact sheet ``DIR/data_batch.png``.
-
-Evaluation modes (eval, train_and_eval) arrive with the first video model (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vita_synthetic.py or configs/x.py:smoke.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for reports, logs and checkpoints.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "data"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "train_and_eval", "eval", "data"],
+                          "What to run.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 20, "mode=data: batches to pull.")
 
 flags.mark_flags_as_required(["config", "workdir"])
@@ -53,10 +56,10 @@ def main(argv: list[str]) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  if _MODE.value == "train":
+  if _MODE.value in ("train", "train_and_eval", "eval"):
     from vis_jax import train
 
-    summary = train.train(config, workdir)
+    summary = train.train(config, workdir, _MODE.value)
     if jax.process_index() == 0:
       print(json.dumps(summary, indent=2))
   elif _MODE.value == "data":

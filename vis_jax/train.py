@@ -28,6 +28,7 @@ from absl import logging
 from configs import common
 from input_pipeline import datasets, pipeline
 from vis_jax import checkpointing, metric_writers, optim, parallel
+from vis_jax.evaluation import runner
 from vis_jax.models import registry
 from vis_jax.models.base import ModelBundle
 
@@ -163,8 +164,34 @@ def _memory_report(compiled: Any) -> dict[str, float]:
           for f in fields}
 
 
-def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains ``config.model_name`` for ``config.num_train_steps``, resuming from ``workdir``."""
+def _evaluate(bundle: ModelBundle, state: TrainState, data: runner.EvalData,
+              config: common.ConfigDict, workdir: str, step: int,
+              writer: metric_writers.MetricWriter) -> dict[str, float]:
+  """Scores ``state`` on ``data``; writes ``eval/step_N/`` and a ``metrics.jsonl`` line."""
+  from jax.experimental import multihost_utils
+
+  # Every process predicts its own videos with a full host copy of the (possibly sharded)
+  # parameters.
+  params, model_state = multihost_utils.process_allgather((state.params, state.model_state),
+                                                          tiled=True)
+  metrics = runner.run(lambda video: bundle.predict_video(params, model_state, video), data,
+                       config, os.path.join(workdir, "eval", f"step_{step}"))
+  if metrics:
+    writer.write(step, metrics)
+    print(f"eval at step {step} ({data.name}): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in metrics.items() if k in runner.REPORTED), file=sys.stderr,
+          flush=True)
+  return metrics
+
+
+def train(config: common.ConfigDict, workdir: str, mode: str = "train") -> dict[str, Any]:
+  """Runs ``mode`` (train | train_and_eval | eval) for ``config.model_name`` in ``workdir``.
+
+  Training resumes from the latest checkpoint in ``workdir``; ``eval`` scores it (or, with
+  no checkpoint, ``config.init_from``).
+  """
+  if mode not in ("train", "train_and_eval", "eval"):
+    raise ValueError(f"unknown mode {mode!r}")
   parallel.maybe_initialize_distributed(config.distributed)
   is_main = jax.process_index() == 0
   mesh = parallel.create_mesh(config.sharding.mesh)
@@ -175,6 +202,15 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
   # ---- data --------------------------------------------------------------------------------
   sources = {name: datasets.build_source(name, src, config)
              for name, src in common.active_sources(config).items()}
+  bundle = registry.get_bundle(config)
+  eval_data = None
+  if mode != "train":
+    if type(bundle).predict_video is ModelBundle.predict_video:
+      raise common.ConfigError(
+          f"invalid config value config.model_name: {config.model_name!r} has no video "
+          f"inference, so --mode={mode} cannot evaluate it; use --mode=train")
+    eval_data = (runner.split_local_validation(config, sources)
+                 or runner.eval_data_from_config(config))
   if is_main:
     for name, loaded in sources.items():
       for line in datasets.report_lines(loaded):
@@ -182,7 +218,6 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
   train_iter, info = pipeline.make_train_iterator(config, sources)
 
   # ---- abstract state and shardings ---------------------------------------------------------
-  bundle = registry.get_bundle(config)
   dummy = _dummy_batch(info, bundle.batch_keys)
   base_rng = jax.random.key_data(jax.random.key(config.seed))
   abstract_params = jax.eval_shape(lambda: bundle.init(jax.random.key(0), dummy)[0])
@@ -212,6 +247,17 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
       if config.init_from:
         state = _initialise_from(state, state_sharding, config)
   start_step = int(state.step)
+  if mode == "eval":
+    if ckpt.latest_step is None and not config.init_from:
+      raise ValueError(f"--mode=eval: no checkpoint in {ckpt.directory} and no "
+                       "config.init_from to evaluate")
+    writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+    try:
+      metrics = _evaluate(bundle, state, eval_data, config, workdir, start_step, writer)
+    finally:
+      writer.close()
+      ckpt.close()
+    return {"step": start_step, "eval": metrics}
 
   step_fn = jax.jit(make_train_step(bundle, tx, schedule, config.grad_accum_steps),
                     in_shardings=(state_sharding, batch_sharding),
@@ -224,6 +270,7 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
   last_metrics: dict[str, Any] = {}
   step, t_log, steps_since_log = start_step, time.perf_counter(), 0
   run_start = time.perf_counter()
+  last_eval: dict[str, float] = {}
   try:
     while step < config.num_train_steps:
       local = next(train_iter)
@@ -261,6 +308,11 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
               f"(config.max_nonfinite_steps={config.max_nonfinite_steps}); stopping at step "
               f"{step}. The last checkpoint is in {ckpt.directory}.")
       ckpt.save(step, state, train_iter)
+      if (mode == "train_and_eval" and config.eval_every_steps > 0
+          and step % config.eval_every_steps == 0 and step < config.num_train_steps):
+        last_eval = _evaluate(bundle, state, eval_data, config, workdir, step, writer)
+    if mode == "train_and_eval":
+      last_eval = _evaluate(bundle, state, eval_data, config, workdir, step, writer)
     ckpt.wait()
     if ckpt.latest_step != step:
       ckpt.save(step, state, train_iter, force=True)
@@ -273,6 +325,7 @@ def train(config: common.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"start_step": start_step, "final_step": step,
           "state_leaves": {"sharded": sharded, "replicated": len(leaves) - sharded},
           "seconds": round(time.perf_counter() - run_start, 2), "final_metrics": last_metrics,
+          "eval": last_eval,
           "mesh": dict(mesh.shape), "devices": jax.device_count(),
           "param_count": int(sum(np.prod(x.shape) for x in
                                  jax.tree_util.tree_leaves(abstract_params)))}

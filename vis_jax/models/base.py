@@ -41,3 +41,14 @@ class ModelBundle(abc.ABC):
   def loss(self, params: Any, model_state: Any, batch: Batch, rng: jax.Array
            ) -> tuple[jax.Array, Metrics]:
     """Scalar training loss (fp32) and named scalar metrics, for a (micro-)batch."""
+
+  def predict_video(self, params: Any, model_state: Any, video: Any) -> list[dict[str, Any]]:
+    """Predictions for one whole video (``input_pipeline.pipeline.EvalVideo``).
+
+    Returns dicts ``{"score": float, "label": int (contiguous), "segmentations": [one
+    compressed RLE per frame at the original size]}``. Models without video inference keep
+    this default, and evaluation modes refuse them with a clear message.
+    """
+    raise NotImplementedError(
+        f"model {self.config.model_name!r} has no video inference; evaluation needs a video "
+        "model (see docs/architecture.md)")
