@@ -348,3 +348,15 @@ def test_module_matches_torch_reimplementation(module_case, variant):
   want = torch_msdeform(params["params"], query, ref_in, flat, SHAPES, mask_in, HEADS, POINTS)
   assert got.shape == (B, MOD_LQ, C)
   assert _rel_err(got, want) <= 1e-4
+
+
+def test_grid_aligned_points_sample_their_pixel_under_jit():
+  # Points on pixel centres (x = u·W − 0.5 integral up to rounding): the sample must be that
+  # pixel whatever rounding XLA applies to x in different fusions (tent weights, not floor/frac).
+  rng = np.random.default_rng(3)
+  for h, w in ((12, 20), (24, 40), (48, 80)):
+    value = rng.normal(size=(h, w, 4)).astype(np.float32)
+    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    locations = np.stack([(jj + 0.5) / w, (ii + 0.5) / h], -1).reshape(-1, 2).astype(np.float32)
+    got = jax.jit(deformable.bilinear_sample)(jnp.asarray(value), jnp.asarray(locations))
+    np.testing.assert_allclose(np.asarray(got), value.reshape(-1, 4), atol=1e-5)

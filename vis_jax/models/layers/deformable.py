@@ -46,17 +46,18 @@ def _corners(locations: jax.Array, height: int, width: int) -> tuple[jax.Array, 
   # u·W = i + 0.5; the −0.5 turns a normalised coordinate into a pixel-centre coordinate.
   x = locations[..., 0] * width - 0.5
   y = locations[..., 1] * height - 0.5
-  x0f = jnp.floor(x)
-  y0f = jnp.floor(y)
-  fx = x - x0f
-  fy = y - y0f
   # Clipping before the int cast keeps inf/huge coordinates defined; any clipped corner is out of
   # range either way, so its contribution (0) is unchanged.
-  x0 = jnp.clip(x0f, -2, width).astype(jnp.int32)
-  y0 = jnp.clip(y0f, -2, height).astype(jnp.int32)
+  x0 = jnp.clip(jnp.floor(x), -2, width).astype(jnp.int32)
+  y0 = jnp.clip(jnp.floor(y), -2, height).astype(jnp.int32)
   xs = jnp.stack([x0, x0 + 1, x0, x0 + 1], axis=-1)
   ys = jnp.stack([y0, y0, y0 + 1, y0 + 1], axis=-1)
-  weights = jnp.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=-1)
+  # Tent weights from each corner's own integer coordinate (not floor/fraction pairs): XLA may
+  # evaluate x in several fusions, FMA-contracted in some and not in others, so floor(x) can
+  # differ by one between the index and the weight computation when x is within an ulp of an
+  # integer. Tent weights keep the sample continuous in x whichever rounding each side saw.
+  weights = (jnp.maximum(0.0, 1.0 - jnp.abs(x[..., None] - xs.astype(jnp.float32)))
+             * jnp.maximum(0.0, 1.0 - jnp.abs(y[..., None] - ys.astype(jnp.float32))))
   valid = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
   weights = jnp.where(valid, weights, 0.0)
   indices = jnp.clip(ys, 0, height - 1) * width + jnp.clip(xs, 0, width - 1)
