@@ -37,6 +37,8 @@ Config (``cfg``, an ``ml_collections.ConfigDict``; official values in brackets):
   oversample_ratio: importance-sampling candidates per point [3.0].
   importance_sample_ratio: fraction of points chosen by uncertainty [0.75].
   matcher: ``"scipy"`` (host Hungarian), ``"hungarian"`` (pure-JAX exact) or ``"greedy"``.
+  batch_axes: mesh axes the batch is sharded over; with a mesh in context the Hungarian
+    matcher runs per device (``matching.match_all_layers_sharded``) [() = plain host call].
   deep_supervision: also supervise ``outputs["aux_outputs"]`` [True].
   mask_loss_per_frame: optional, default True (M2F-VIS); False = VITA clip-level reduction.
 
@@ -123,7 +125,10 @@ def compute_matches(logits: jax.Array, masks: jax.Array, targets: Targets, rng: 
   order = jnp.argsort(~valid, axis=-1, stable=True)  # valid slots first, original order kept
   costs = jnp.take_along_axis(costs, order[None, :, None, :], axis=-1)
   num_valid = jnp.sum(valid, axis=-1)
-  m = matching.match_all_layers(costs, num_valid, _get(cfg, "matcher", "scipy"))
+  # Per device when a mesh is in context (``cfg.batch_axes``, set by the model bundles from
+  # ``config.sharding.batch_axes``); the plain host call otherwise. Same result either way.
+  m = matching.match_all_layers_sharded(costs, num_valid, _get(cfg, "matcher", "scipy"),
+                                        tuple(_get(cfg, "batch_axes", ())))
   tgt = m[:, :, 1]
   if g:
     orig = jnp.take_along_axis(jnp.broadcast_to(order, (n_layers, b, g)),

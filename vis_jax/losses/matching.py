@@ -24,7 +24,8 @@ Matchers (``method``):
   axes, and ``match_all_layers`` folds all decoder layers into that batch so one call matches
   every layer. Padded columns are sliced off on the host. Inside ``jax.shard_map`` each device
   matches its own shard; under plain ``jit`` with sharded inputs XLA instead gathers the whole
-  cost on device 0 (works, but does not scale across hosts).
+  cost on device 0 (works, but does not scale across hosts) — ``match_all_layers_sharded``
+  wraps the matcher in ``shard_map`` over the context mesh for trainers.
 * ``"hungarian"``: exact pure-JAX shortest-augmenting-path solver (the Jonker–Volgenant /
   Crouse algorithm scipy uses) in ``lax`` loops; no host round trip, O(G·(Q+G)) loop steps.
 * ``"greedy"``: pure-JAX repeated global arg-min; fast, approximate.
@@ -363,3 +364,39 @@ def match_all_layers(costs: jax.Array, num_valid: jax.Array, method: str = "scip
   flat_valid = jnp.broadcast_to(num_valid, (n_layers, b)).reshape(-1)
   flat = match(costs.reshape(n_layers * b, q, g), flat_valid, method)
   return flat.reshape(n_layers, b, 2, q)
+
+
+def match_all_layers_sharded(costs: jax.Array, num_valid: jax.Array, method: str = "scipy",
+                             batch_axes: tuple[str, ...] | list[str] = ("data",)) -> jax.Array:
+  """``match_all_layers`` run per device: each device matches its own shard of the batch.
+
+  Under ``jit`` with data-sharded global arrays a bare ``pure_callback`` is placed on device 0,
+  which gathers every device's costs there (and onto one host). Wrapping the matcher in
+  ``jax.shard_map`` over the context mesh (``jax.set_mesh``) keeps the cost matrices where they
+  were computed: one host call per device, on that device's host. Samples are matched
+  independently, so the result equals the unsharded call exactly.
+
+  Falls back to the plain call when there is no context mesh, when ``batch_axes`` span a
+  single device, or when ``B`` is not divisible by their size (e.g. a micro-batch smaller than
+  the device count).
+
+  Args:
+    costs: ``[L, B, Q, G]`` per-layer costs, B sharded over ``batch_axes``.
+    num_valid: ``[B]`` valid targets per sample.
+    method: one of ``MATCHERS``.
+    batch_axes: mesh axes the batch is split over (``config.sharding.batch_axes``); names
+      absent from the mesh are ignored.
+
+  Returns:
+    ``[L, B, 2, Q]`` int32 matches.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else tuple(a for a in batch_axes if a in mesh.axis_names)
+  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  if size == 1 or costs.shape[1] % size:
+    return match_all_layers(costs, num_valid, method)
+  spec = jax.P(axes)
+  local = jax.shard_map(lambda c, n: match_all_layers(c, n, method), mesh=mesh,
+                        in_specs=(jax.P(None, axes), spec), out_specs=jax.P(None, axes),
+                        check_vma=False)
+  return local(costs, num_valid)

@@ -10,6 +10,8 @@ from vis_jax.models.base import ModelBundle
 # name → "module:ClassName", imported on demand so a config pulls in only its own model.
 _BUNDLES = {
     "pixel_baseline": "vis_jax.models.pixel_baseline:PixelBaseline",
+    "mask2former": "vis_jax.models.mask2former_model:Mask2FormerImage",
+    "vita": "vis_jax.models.vita_model:Vita",
 }
 
 

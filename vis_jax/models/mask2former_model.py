@@ -1,0 +1,298 @@
+"""The whole Mask2Former image model (backbone → pixel decoder → masked-attention decoder) and
+its training bundle (``config.model_name = "mask2former"``).
+
+``Mask2FormerModel`` runs on frames ``[N, H, W, 3]`` uint8: ``preprocess`` (normalise, zero the
+padding outside ``image_valid``, pad to a multiple of 32) → ``build_backbone`` (ResNet with frozen
+BN, or Swin) → ``MSDeformAttnPixelDecoder`` → ``MultiScaleMaskedTransformerDecoder``. Parameters
+sit under ``backbone``, ``pixel_decoder`` and ``predictor`` (the component names of
+``vis_jax/convert_mask2former_heads.py``); a ResNet's statistics live in ``frozen_bn/backbone``.
+
+VITA reuses this model as its frame detector: ``__call__`` also returns the decoder's
+``query_features`` (``decoder_norm`` of every layer) and the pixel decoder's
+``pre_mask_features`` (VITA's own mask-feature input), and ``pixel_features`` stops after the
+pixel decoder. Under ``jit`` outputs a caller does not use are dead code and cost nothing.
+
+``config.model`` (``default_config()``; official values)::
+
+  backbone        build_backbone config: name + attribute overrides [resnet50]
+  pixel_decoder   conv_dim, mask_dim [256], num_encoder_layers [6], num_heads [8], num_points [4],
+                  dim_feedforward [1024], transformer_in_features [res3..res5], common_stride [4],
+                  num_groups [32]; deformable-attention memory knobs batch_mode ("vmap"|"map"),
+                  map_batch_size, query_chunk (0 = off), remat
+  decoder         hidden_dim [256], num_queries [100], num_heads [8], dim_feedforward [2048],
+                  dec_layers [9 = official DEC_LAYERS − 1], pre_norm [False],
+                  enforce_input_proj [False]
+  remat_backbone        recompute the backbone in the backward pass (memory ↔ speed)
+  remat_decoder_layers  recompute each decoder layer's blocks in the backward pass
+
+``config.dtype`` is the compute dtype of every part (parameters stay fp32; the deformable
+sampling, the heads' losses and the matching costs are fp32 whatever it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from configs.common import ConfigDict
+from vis_jax.losses import criterion
+from vis_jax.models import backbones
+from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD
+from vis_jax.models.base import Batch, Metrics, ModelBundle
+from vis_jax.models.layers.mlp import MLP, torch_linear
+from vis_jax.models.mask2former import (
+  CrossAttentionLayer,
+  FFNLayer,
+  MultiScaleMaskedTransformerDecoder,
+  SelfAttentionLayer,
+)
+from vis_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, c2_xavier_init, layer_norm
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Deformable-attention knobs where 0 means "off" in a config (ConfigDict fields cannot be None
+# and still take an int from the command line).
+_ZERO_IS_NONE = ("map_batch_size", "query_chunk")
+
+
+def default_config() -> ConfigDict:
+  """``config.model`` for the official Mask2Former R50 (COCO instance) architecture."""
+  return ConfigDict(dict(
+      backbone=ConfigDict(dict(name="resnet50")),
+      pixel_decoder=ConfigDict(dict(
+          conv_dim=256, mask_dim=256, num_encoder_layers=6, num_heads=8, num_points=4,
+          dim_feedforward=1024, transformer_in_features=("res3", "res4", "res5"),
+          common_stride=4, num_groups=32,
+          batch_mode="vmap", map_batch_size=0, query_chunk=0, remat=False)),
+      decoder=ConfigDict(dict(
+          hidden_dim=256, num_queries=100, num_heads=8, dim_feedforward=2048, dec_layers=9,
+          pre_norm=False, enforce_input_proj=False)),
+      remat_backbone=False,
+      remat_decoder_layers=False,
+  ))
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+  """ConfigDict / mapping → dict with lists turned into tuples (hashable module fields)."""
+  items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
+
+
+class RematLayersDecoder(MultiScaleMaskedTransformerDecoder):
+  """``MultiScaleMaskedTransformerDecoder`` whose per-layer blocks are ``nn.remat``-ed.
+
+  Same parameters and outputs; the attention / FFN intermediates of every layer are recomputed
+  in the backward pass instead of being kept. (The base module creates its layers in ``setup``
+  without a hook, so the layer construction is restated here with remat classes.)
+  """
+
+  def setup(self):
+    c = self.hidden_dim
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    embed = lambda n: nn.Embed(n, c, embedding_init=nn.initializers.normal(1.0), **dt)  # noqa: E731
+    self.query_feat_embed = embed(self.num_queries)
+    self.query_embed = embed(self.num_queries)
+    self.level_embed = embed(self.num_feature_levels)
+    in_channels = c if self.in_channels is None else self.in_channels
+    if in_channels != c or self.enforce_input_proj:
+      self.input_proj = [nn.Conv(c, (1, 1), kernel_init=c2_xavier_init,
+                                 bias_init=nn.initializers.zeros, **dt)
+                         for _ in range(self.num_feature_levels)]
+    else:
+      self.input_proj = None
+    cross, self_attn, ffn = (nn.remat(CrossAttentionLayer), nn.remat(SelfAttentionLayer),
+                             nn.remat(FFNLayer))
+    self.transformer_cross_attention_layers = [
+        cross(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+    self.transformer_self_attention_layers = [
+        self_attn(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+    self.transformer_ffn_layers = [
+        ffn(self.dim_feedforward, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+    self.decoder_norm = layer_norm(None, **dt)
+    self.class_embed = torch_linear(self.num_classes + 1, c, **dt)
+    self.mask_embed = MLP(c, self.mask_dim, 3, **dt)
+
+
+class Mask2FormerModel(nn.Module):
+  """Backbone + pixel decoder + masked-attention decoder on frames.
+
+  Build it with ``Mask2FormerModel.from_config(config.model, num_classes, config.dtype)``.
+
+  Attributes:
+    num_classes: ``K`` (class head has ``K + 1`` outputs, no-object last).
+    backbone_config: ``build_backbone`` config (``name`` + overrides).
+    pixel_decoder_config: ``MSDeformAttnPixelDecoder`` attributes (``_ZERO_IS_NONE`` keys: 0 =
+      None).
+    decoder_config: ``MultiScaleMaskedTransformerDecoder`` attributes except ``num_classes``,
+      ``mask_dim`` and ``in_channels`` (taken from the pixel decoder).
+    remat_backbone: ``nn.remat`` around the backbone.
+    remat_decoder_layers: ``nn.remat`` around every decoder block (``RematLayersDecoder``).
+    dtype: compute dtype.
+    pixel_mean, pixel_std: input normalisation (RGB, 0–255).
+  """
+  num_classes: int
+  backbone_config: Mapping[str, Any] = FrozenDict(name="resnet50")
+  pixel_decoder_config: Mapping[str, Any] = FrozenDict()
+  decoder_config: Mapping[str, Any] = FrozenDict()
+  remat_backbone: bool = False
+  remat_decoder_layers: bool = False
+  dtype: Any = jnp.float32
+  pixel_mean: Sequence[float] = PIXEL_MEAN
+  pixel_std: Sequence[float] = PIXEL_STD
+
+  @classmethod
+  def from_config(cls, model_cfg: Any, num_classes: int, dtype: Any = "float32"
+                  ) -> Mask2FormerModel:
+    """The model described by ``config.model`` (see the module docstring)."""
+    dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return cls(num_classes=int(num_classes),
+               backbone_config=FrozenDict(_plain(model_cfg.backbone)),
+               pixel_decoder_config=FrozenDict(_plain(model_cfg.pixel_decoder)),
+               decoder_config=FrozenDict(_plain(model_cfg.decoder)),
+               remat_backbone=bool(model_cfg.remat_backbone),
+               remat_decoder_layers=bool(model_cfg.remat_decoder_layers), dtype=dtype)
+
+  @property
+  def backbone_family(self) -> str:
+    return backbones.BACKBONE_PRESETS[self.backbone_config["name"]]["family"]
+
+  def setup(self):
+    bb_cfg = dict(self.backbone_config)
+    bb_cfg.setdefault("dtype", self.dtype)
+    backbone = backbones.build_backbone(bb_cfg)
+    if self.remat_backbone:
+      kwargs = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)
+                if f.name not in ("parent", "name")}
+      # Swin's ``train`` (argument 2 counting self) switches drop path: a Python bool.
+      static = (2,) if self.backbone_family == "swin" else ()
+      backbone = nn.remat(type(backbone), static_argnums=static)(**kwargs)
+    self.backbone = backbone
+
+    pd_cfg = dict(self.pixel_decoder_config)
+    for key in _ZERO_IS_NONE:
+      if not pd_cfg.get(key):
+        pd_cfg[key] = None
+    in_features = tuple(FEATURE_STRIDES)
+    self.pixel_decoder = MSDeformAttnPixelDecoder(
+        in_features=in_features, feature_strides=tuple(FEATURE_STRIDES[f] for f in in_features),
+        dtype=self.dtype, **pd_cfg)
+
+    decoder_cls = RematLayersDecoder if self.remat_decoder_layers else (
+        MultiScaleMaskedTransformerDecoder)
+    self.predictor = decoder_cls(
+        num_classes=self.num_classes, mask_dim=self.pixel_decoder.mask_dim,
+        in_channels=self.pixel_decoder.conv_dim, dtype=self.dtype, **dict(self.decoder_config))
+
+  def _backbone_features(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    if self.backbone_family == "swin":
+      return self.backbone(x, train)
+    return self.backbone(x)
+
+  def pixel_features(self, images: jax.Array, image_valid: jax.Array | None = None,
+                     train: bool = False) -> dict[str, Any]:
+    """Backbone + pixel decoder.
+
+    Args:
+      images: ``[N, H, W, 3]`` RGB uint8 (or float 0–255), zero padded bottom/right.
+      image_valid: optional ``[N, H, W]`` bool, True inside the image (padding is set to 0
+        after normalisation, as the official padding).
+      train: Swin stochastic depth (needs a ``"dropout"`` rng).
+
+    Returns:
+      The pixel decoder's dict: ``mask_features [N, Hp/4, Wp/4, mask_dim]``,
+      ``multi_scale_features`` (3 maps, coarsest first), ``pre_mask_features
+      [N, Hp/4, Wp/4, conv_dim]``; ``Hp, Wp`` = H, W padded to multiples of 32.
+    """
+    x = backbones.preprocess(images, self.pixel_mean, self.pixel_std, dtype=self.dtype,
+                             valid=image_valid)
+    return self.pixel_decoder(self._backbone_features(x, train))
+
+  def __call__(self, images: jax.Array, image_valid: jax.Array | None = None,
+               train: bool = False) -> dict[str, Any]:
+    """Runs the whole model on frames.
+
+    Args:
+      images, image_valid, train: as ``pixel_features``.
+
+    Returns:
+      ``pred_logits [N, Q, K+1]``, ``pred_masks [N, Q, Hp/4, Wp/4]`` (last layer),
+      ``aux_outputs`` (list of ``L`` dicts: initial queries, layers 1..L−1),
+      ``query_features [L, N, Q, C]`` (``decoder_norm`` of every layer's output),
+      ``mask_features [N, Hp/4, Wp/4, mask_dim]``, ``pre_mask_features
+      [N, Hp/4, Wp/4, conv_dim]``.
+    """
+    pix = self.pixel_features(images, image_valid, train)
+    out = self.predictor(pix["multi_scale_features"], pix["mask_features"])
+    return dict(out, mask_features=pix["mask_features"],
+                pre_mask_features=pix["pre_mask_features"])
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def criterion_config(config: ConfigDict) -> ConfigDict:
+  """``config.loss`` as the criterion reads it: plus ``num_classes`` (``config.data``) and
+  ``batch_axes`` (``config.sharding``), so the Hungarian matcher runs per device under the
+  trainer's mesh (``matching.match_all_layers_sharded``)."""
+  cfg = ConfigDict(config.loss.to_dict())
+  cfg.num_classes = int(config.data.num_classes)
+  cfg.batch_axes = tuple(config.sharding.batch_axes)
+  return cfg
+
+
+def as_single_frame_clips(outputs: Mapping[str, Any]) -> dict[str, Any]:
+  """Image predictions ``[B, Q, h, w]`` → the criterion's ``[B, Q, 1, h, w]``, in fp32."""
+
+  def one(o):
+    return {"pred_logits": o["pred_logits"].astype(jnp.float32),
+            "pred_masks": o["pred_masks"][:, :, None].astype(jnp.float32)}
+
+  return dict(one(outputs), aux_outputs=[one(a) for a in outputs.get("aux_outputs", ())])
+
+
+def frame_targets(batch: Batch, frame: int = 0) -> dict[str, jax.Array]:
+  """Targets of one frame of each clip as ``T = 1`` clips.
+
+  An instance counts only if it is present in that frame (the official image dataset has no
+  absent instances).
+  """
+  return {"masks": batch["masks"][:, :, frame:frame + 1],
+          "labels": batch["labels"],
+          "instance_valid": batch["instance_valid"] & batch["present"][:, :, frame]}
+
+
+class Mask2FormerImage(ModelBundle):
+  """Bundle for ``config.model_name = "mask2former"``: image training on ``T = 1`` clips.
+
+  Only frame 0 of every clip is used (``batch["images"][:, 0]``); the loss is the official
+  ``SetCriterion`` (``config.loss``), its Hungarian matcher run per device (``batch_axes``).
+  """
+
+  batch_keys = ("images", "image_valid", "masks", "labels", "present", "instance_valid")
+
+  def __init__(self, config: ConfigDict):
+    super().__init__(config)
+    self.module = Mask2FormerModel.from_config(config.model, config.data.num_classes,
+                                               config.dtype)
+    self.loss_cfg = criterion_config(config)
+
+  def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
+    params_key, dropout_key = jax.random.split(rng)
+    variables = self.module.init({"params": params_key, "dropout": dropout_key},
+                                 batch["images"][:, 0], batch["image_valid"])
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables  # {"frozen_bn": ...} for ResNet, {} for Swin
+
+  def loss(self, params: Any, model_state: Any, batch: Batch, rng: jax.Array
+           ) -> tuple[jax.Array, Metrics]:
+    dropout_key, criterion_key = jax.random.split(rng)
+    outputs = self.module.apply({"params": params, **model_state}, batch["images"][:, 0],
+                                batch["image_valid"], train=True, rngs={"dropout": dropout_key})
+    return criterion.set_criterion(as_single_frame_clips(outputs), frame_targets(batch), None,
+                                   criterion_key, self.loss_cfg)
