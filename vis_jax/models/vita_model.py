@@ -1,0 +1,201 @@
+"""VITA end to end: the Mask2Former frame detector + the VITA module, and its bundle
+(``config.model_name = "vita"``).
+
+Training (spec §3.1): the ``B·T`` frames of a batch go through the frame detector; the
+LayerNorm'ed queries of its last ``L`` decoder layers ``[L, B, T, Qf, C]`` and its un-projected
+1/4 map feed VITA; the loss is frame-level Mask2Former + clip-level VITA + similarity
+(``vis_jax/losses/vita_losses.py``).
+
+Inference (spec §3.8) streams a video of any length with memory that grows with ``T`` only
+through the object tokens (``Qf·C`` floats per frame):
+  1. frames in chunks of ``inference.chunk_size`` → frame detector → keep the last layer's
+     frame queries on the host;
+  2. VITA on all frame queries (``T`` padded to a multiple of ``inference.length_bucket`` with
+     ``frame_valid``, so videos of similar length share one compilation; the decoder's
+     cross-attention runs over key chunks, ``config.model.vita.kv_chunk``);
+  3. top-k (query, class) pairs, then the chosen queries' masks chunk by chunk from VITA's mask
+     features — recomputed by a second backbone + pixel-decoder pass
+     (``inference.mask_features = "recompute"``), or kept on the host from pass 1 (``"keep"``,
+     faster for short videos; ``"auto"`` keeps up to ``keep_max_frames`` frames) — streamed
+     into per-frame RLEs (``vis_jax/inference/postprocess.py``).
+
+``config.model`` = the Mask2Former keys (``mask2former_model.default_config()``) plus ``vita``
+(``vita.default_config()``) and ``inference`` (``default_inference_config()``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs.common import ConfigDict
+from input_pipeline import pipeline
+from vis_jax.inference import postprocess
+from vis_jax.losses import vita_losses
+from vis_jax.models import vita
+from vis_jax.models.base import Batch, Metrics, ModelBundle
+from vis_jax.models.mask2former_model import (
+  Mask2FormerModel,
+  as_single_frame_clips,
+  criterion_config,
+)
+
+
+def default_inference_config() -> ConfigDict:
+  """``config.model.inference`` (official: 18-frame chunks, top-10; 20 for OVIS)."""
+  return ConfigDict(dict(chunk_size=18, top_k=10, length_bucket=16, mask_features="auto",
+                         keep_max_frames=36))
+
+
+class VitaModel(nn.Module):
+  """Frame detector (``detector``) + VITA module (``vita``) on clips ``[B, T, H, W, 3]``."""
+
+  detector: Mask2FormerModel
+  vita_cfg: Any
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.vita = vita.VITAModule(self.vita_cfg, self.detector.num_classes,
+                                int(self.detector.decoder_config.get("num_queries", 100)),
+                                dtype=self.dtype)
+
+  def __call__(self, images: jax.Array, image_valid: jax.Array, train: bool = False
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Training forward.
+
+    Args:
+      images: uint8 ``[B, T, H, W, 3]``.
+      image_valid: bool ``[B, H, W]`` (shared by the clip's frames).
+      train: training behaviour.
+
+    Returns:
+      (frame outputs of the detector on ``B·T`` frames, VITA outputs with ``L`` samples).
+    """
+    b, t = images.shape[:2]
+    frames = images.reshape(b * t, *images.shape[2:])
+    valid = jnp.repeat(image_valid, t, axis=0)
+    out = self.detector(frames, valid, train)
+    n_layers = int(self.vita_cfg.last_layer_num) if train else 1
+    queries = out["query_features"][-n_layers:]
+    queries = queries.reshape(n_layers, b, t, *queries.shape[2:])
+    pixels = out["pre_mask_features"]
+    pixels = pixels.reshape(b, t, *pixels.shape[1:])
+    return out, self.vita(queries, pixels, train=train)
+
+  # ---- inference pieces (each jitted separately by the bundle) ------------------------------
+
+  def frame_queries(self, frames: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``[n, H, W, 3]`` → (last-layer frame queries ``[n, Qf, C]``, VITA mask features
+    ``[n, h, w, D]``)."""
+    out = self.detector(frames, valid)
+    return out["query_features"][-1], self.vita.project_mask_features(out["pre_mask_features"])
+
+  def mask_features(self, frames: jax.Array, valid: jax.Array) -> jax.Array:
+    """Backbone + pixel decoder only → VITA mask features ``[n, h, w, D]``."""
+    pix = self.detector.pixel_features(frames, valid)
+    return self.vita.project_mask_features(pix["pre_mask_features"])
+
+  def video_predictions(self, queries: jax.Array, frame_valid: jax.Array) -> dict[str, Any]:
+    """``[T, Qf, C]`` frame queries (+ ``[T]`` validity) → VITA outputs for one video."""
+    return self.vita(queries[None, None], None, train=False, frame_valid=frame_valid[None])
+
+
+class Vita(ModelBundle):
+  """Bundle for ``config.model_name = "vita"``."""
+
+  batch_keys = ("images", "image_valid", "masks", "labels", "present", "instance_valid",
+                "track_ids")
+
+  def __init__(self, config: ConfigDict):
+    super().__init__(config)
+    detector = Mask2FormerModel.from_config(config.model, config.data.num_classes, config.dtype)
+    self.module = VitaModel(detector, ml_collections.FrozenConfigDict(config.model.vita),
+                            dtype=detector.dtype)
+    self.loss_cfg = criterion_config(config)
+    self.inference = config.model.inference
+
+  def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
+    params_key, dropout_key = jax.random.split(rng)
+    # train=True creates every head (the similarity embeddings are only used in training).
+    variables = dict(self.module.init({"params": params_key, "dropout": dropout_key},
+                                      batch["images"], batch["image_valid"], train=True))
+    return variables.pop("params"), variables
+
+  def loss(self, params: Any, model_state: Any, batch: Batch, rng: jax.Array
+           ) -> tuple[jax.Array, Metrics]:
+    dropout_key, loss_key = jax.random.split(rng)
+    frame_out, video_out = self.module.apply(
+        {"params": params, **model_state}, batch["images"], batch["image_valid"], train=True,
+        rngs={"dropout": dropout_key})
+    frame_out = as_single_frame_clips(frame_out)
+    video_out = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), video_out)
+    total, metrics = vita_losses.vita_total_loss(frame_out, video_out, batch, loss_key,
+                                                 self.loss_cfg)
+    return total, metrics
+
+  # ---- inference ------------------------------------------------------------------------------
+
+  @functools.cached_property
+  def _jitted(self) -> dict[str, Any]:
+    apply = self.module.apply
+
+    def call(method):
+      return jax.jit(lambda variables, *args: apply(variables, *args, method=method))
+
+    def masks(variables, frames, valid, mask_embed):
+      feats = apply(variables, frames, valid, method=VitaModel.mask_features)
+      return jnp.einsum("kd,thwd->kthw", mask_embed, feats.astype(mask_embed.dtype))
+
+    def masks_from_features(mask_embed, feats):
+      return jnp.einsum("kd,thwd->kthw", mask_embed, feats.astype(mask_embed.dtype))
+
+    return {"frame_queries": call(VitaModel.frame_queries),
+            "video": call(VitaModel.video_predictions),
+            "masks": jax.jit(masks), "masks_from_features": jax.jit(masks_from_features)}
+
+  def predict_video(self, params: Any, model_state: Any, video: pipeline.EvalVideo
+                    ) -> list[dict[str, Any]]:
+    cfg = self.inference
+    fns = self._jitted
+    variables = {"params": params, **model_state}
+    chunk = int(cfg.chunk_size)
+    valid = np.zeros((chunk, *video.padded_size), bool)
+    valid[:, :video.resized_size[0], :video.resized_size[1]] = True
+    keep = cfg.mask_features == "keep" or (
+        cfg.mask_features == "auto" and video.length <= int(cfg.keep_max_frames))
+
+    queries, kept_features = [], []
+    for part in pipeline.iter_frame_chunks(video, chunk, pad_last=True):
+      q, feats = fns["frame_queries"](variables, part.images, valid)
+      queries.append(np.asarray(q[:part.num_valid], np.float32))
+      if keep:
+        kept_features.append(feats)
+    queries = np.concatenate(queries)
+    t = queries.shape[0]
+    bucket = max(int(cfg.length_bucket), 1)
+    padded_t = -(-t // bucket) * bucket
+    queries = np.pad(queries, ((0, padded_t - t), (0, 0), (0, 0)))
+    out = fns["video"](variables, queries, np.arange(padded_t) < t)
+
+    scores, labels, query_index = postprocess.select_topk(out["pred_logits"][0, 0],
+                                                          int(cfg.top_k))
+    mask_embed = jnp.asarray(out["pred_mask_embed"][0, 0])[query_index]
+    stream = postprocess.StreamingMasks(len(scores), video.padded_size, video.resized_size,
+                                        video.original_size)
+    if keep:
+      for index, feats in enumerate(kept_features):
+        num_valid = min(chunk, t - index * chunk)
+        stream.add_chunk(fns["masks_from_features"](mask_embed, feats), num_valid)
+    else:
+      for part in pipeline.iter_frame_chunks(video, chunk, pad_last=True):
+        stream.add_chunk(fns["masks"](variables, part.images, valid, mask_embed),
+                         part.num_valid)
+    final = np.asarray(scores, np.float64) * stream.mask_scores()
+    return [{"score": float(s), "label": int(label), "segmentations": rles}
+            for s, label, rles in zip(final, labels, stream.rles, strict=True)]
