@@ -185,6 +185,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     in_channels: width of the incoming multi-scale features (None = ``hidden_dim``).
     enforce_input_proj: add the 1x1 input projections even when widths agree.
     num_feature_levels: levels cycled through (always 3 officially).
+    remat_layers: ``nn.remat`` every attention / FFN block (recomputed in the backward pass:
+      same parameters and outputs, less activation memory).
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -198,6 +200,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   in_channels: int | None = None
   enforce_input_proj: bool = False
   num_feature_levels: int = 3
+  remat_layers: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -216,12 +219,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                          for _ in range(self.num_feature_levels)]
     else:
       self.input_proj = None
+    wrap = nn.remat if self.remat_layers else (lambda cls: cls)
+    cross, self_attn, ffn = wrap(CrossAttentionLayer), wrap(SelfAttentionLayer), wrap(FFNLayer)
     self.transformer_cross_attention_layers = [
-        CrossAttentionLayer(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+        cross(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
     self.transformer_self_attention_layers = [
-        SelfAttentionLayer(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+        self_attn(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
     self.transformer_ffn_layers = [
-        FFNLayer(self.dim_feedforward, self.pre_norm, **dt) for _ in range(self.dec_layers)]
+        ffn(self.dim_feedforward, self.pre_norm, **dt) for _ in range(self.dec_layers)]
     self.decoder_norm = layer_norm(None, **dt)
     self.class_embed = torch_linear(self.num_classes + 1, c, **dt)
     self.mask_embed = MLP(c, self.mask_dim, 3, **dt)

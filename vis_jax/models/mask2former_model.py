@@ -45,14 +45,8 @@ from vis_jax.losses import criterion
 from vis_jax.models import backbones
 from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD
 from vis_jax.models.base import Batch, Metrics, ModelBundle
-from vis_jax.models.layers.mlp import MLP, torch_linear
-from vis_jax.models.mask2former import (
-  CrossAttentionLayer,
-  FFNLayer,
-  MultiScaleMaskedTransformerDecoder,
-  SelfAttentionLayer,
-)
-from vis_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, c2_xavier_init, layer_norm
+from vis_jax.models.mask2former import MultiScaleMaskedTransformerDecoder
+from vis_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Deformable-attention knobs where 0 means "off" in a config (ConfigDict fields cannot be None
@@ -83,41 +77,6 @@ def _plain(cfg: Any) -> dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
 
 
-class RematLayersDecoder(MultiScaleMaskedTransformerDecoder):
-  """``MultiScaleMaskedTransformerDecoder`` whose per-layer blocks are ``nn.remat``-ed.
-
-  Same parameters and outputs; the attention / FFN intermediates of every layer are recomputed
-  in the backward pass instead of being kept. (The base module creates its layers in ``setup``
-  without a hook, so the layer construction is restated here with remat classes.)
-  """
-
-  def setup(self):
-    c = self.hidden_dim
-    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    embed = lambda n: nn.Embed(n, c, embedding_init=nn.initializers.normal(1.0), **dt)  # noqa: E731
-    self.query_feat_embed = embed(self.num_queries)
-    self.query_embed = embed(self.num_queries)
-    self.level_embed = embed(self.num_feature_levels)
-    in_channels = c if self.in_channels is None else self.in_channels
-    if in_channels != c or self.enforce_input_proj:
-      self.input_proj = [nn.Conv(c, (1, 1), kernel_init=c2_xavier_init,
-                                 bias_init=nn.initializers.zeros, **dt)
-                         for _ in range(self.num_feature_levels)]
-    else:
-      self.input_proj = None
-    cross, self_attn, ffn = (nn.remat(CrossAttentionLayer), nn.remat(SelfAttentionLayer),
-                             nn.remat(FFNLayer))
-    self.transformer_cross_attention_layers = [
-        cross(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
-    self.transformer_self_attention_layers = [
-        self_attn(self.num_heads, self.pre_norm, **dt) for _ in range(self.dec_layers)]
-    self.transformer_ffn_layers = [
-        ffn(self.dim_feedforward, self.pre_norm, **dt) for _ in range(self.dec_layers)]
-    self.decoder_norm = layer_norm(None, **dt)
-    self.class_embed = torch_linear(self.num_classes + 1, c, **dt)
-    self.mask_embed = MLP(c, self.mask_dim, 3, **dt)
-
-
 class Mask2FormerModel(nn.Module):
   """Backbone + pixel decoder + masked-attention decoder on frames.
 
@@ -131,7 +90,7 @@ class Mask2FormerModel(nn.Module):
     decoder_config: ``MultiScaleMaskedTransformerDecoder`` attributes except ``num_classes``,
       ``mask_dim`` and ``in_channels`` (taken from the pixel decoder).
     remat_backbone: ``nn.remat`` around the backbone.
-    remat_decoder_layers: ``nn.remat`` around every decoder block (``RematLayersDecoder``).
+    remat_decoder_layers: ``nn.remat`` around every decoder block.
     dtype: compute dtype.
     pixel_mean, pixel_std: input normalisation (RGB, 0–255).
   """
@@ -182,11 +141,10 @@ class Mask2FormerModel(nn.Module):
         in_features=in_features, feature_strides=tuple(FEATURE_STRIDES[f] for f in in_features),
         dtype=self.dtype, **pd_cfg)
 
-    decoder_cls = RematLayersDecoder if self.remat_decoder_layers else (
-        MultiScaleMaskedTransformerDecoder)
-    self.predictor = decoder_cls(
+    self.predictor = MultiScaleMaskedTransformerDecoder(
         num_classes=self.num_classes, mask_dim=self.pixel_decoder.mask_dim,
-        in_channels=self.pixel_decoder.conv_dim, dtype=self.dtype, **dict(self.decoder_config))
+        in_channels=self.pixel_decoder.conv_dim, remat_layers=self.remat_decoder_layers,
+        dtype=self.dtype, **dict(self.decoder_config))
 
   def _backbone_features(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
     if self.backbone_family == "swin":
