@@ -24,9 +24,11 @@ def test_data_mode_generates_data_and_reports(tmp_path):
   report = json.load(open(tmp_path / "w" / "data_report.json"))
   summary = report["summary"]
   assert summary["sources"] == {"synthetic": 8}
-  b, t = 2, 2  # smoke: batch 2, 2 frames, 8 instances max
+  from configs import vita_synthetic
+  smoke = vita_synthetic.get_config("smoke")
+  b, t, g = smoke.batch_size, smoke.input.num_frames, smoke.input.max_instances
   assert summary["batch_shapes"]["images"][:2] == [b, t]
-  assert summary["batch_shapes"]["masks"][:3] == [b, 8, t]
+  assert summary["batch_shapes"]["masks"][:3] == [b, g, t]
   assert summary["clips_per_source"] == {"synthetic": 4 * b}
   assert summary["bad_samples"]["skipped"] == 0
   assert report["load_reports"]["synthetic"]["videos"] == 8
