@@ -148,12 +148,12 @@ class Vita(ModelBundle):
     def call(method):
       return jax.jit(lambda variables, *args: apply(variables, *args, method=method))
 
-    def masks(variables, frames, valid, mask_embed):
-      feats = apply(variables, frames, valid, method=VitaModel.mask_features)
-      return jnp.einsum("kd,thwd->kthw", mask_embed, feats.astype(mask_embed.dtype))
-
     def masks_from_features(mask_embed, feats):
       return jnp.einsum("kd,thwd->kthw", mask_embed, feats.astype(mask_embed.dtype))
+
+    def masks(variables, frames, valid, mask_embed):
+      feats = apply(variables, frames, valid, method=VitaModel.mask_features)
+      return masks_from_features(mask_embed, feats)
 
     return {"frame_queries": call(VitaModel.frame_queries),
             "video": call(VitaModel.video_predictions),
