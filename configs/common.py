@@ -133,6 +133,9 @@ def base_config() -> ConfigDict:
   c.input.size_divisibility = 32
   c.input.min_size_test = 360
   c.input.max_size_test = 1333
+  # True: every test video is padded to one square (max_size_test rounded up to
+  # size_divisibility), so evaluation compiles the detector once instead of once per aspect.
+  c.input.test_pad_square = False
   c.input.pseudo = ConfigDict(dict(
       rotation_degrees=15.0,
       rotation_center=(0.4, 0.6),

@@ -516,7 +516,8 @@ class EvalVideo:
     length: number of frames.
     original_size: (height, width) of the stored frames (predictions are resized back to it).
     resized_size: (h, w) after the test resize (shorter side ``min_size_test``).
-    padded_size: (H, W): ``resized_size`` rounded up to ``size_divisibility``.
+    padded_size: (H, W): ``resized_size`` rounded up to ``size_divisibility`` (or one square
+      for every video with ``input.test_pad_square``).
   """
 
   record: VideoRecord
@@ -550,8 +551,10 @@ class EvalSource(Sequence[EvalVideo]):
   """Random-access sequence of ``EvalVideo``s (no pixels held; records are indexed lazily)."""
 
   def __init__(self, records: Sequence[VideoRecord], min_size: int, max_size: int,
-               size_divisibility: int, indices: Sequence[int] | None = None):
+               size_divisibility: int, indices: Sequence[int] | None = None,
+               pad_square: bool = False):
     self._records = records
+    self._pad_square = pad_square
     self._indices = range(len(records)) if indices is None else indices
     self._min_size, self._max_size = min_size, max_size
     self._div = max(1, size_divisibility)
@@ -565,6 +568,9 @@ class EvalSource(Sequence[EvalVideo]):
     r = self._records[self._indices[index]]
     h, w = transforms.resize_shortest_edge_size(r.height, r.width, self._min_size, self._max_size)
     padded = (math.ceil(h / self._div) * self._div, math.ceil(w / self._div) * self._div)
+    if self._pad_square:
+      side = math.ceil(max(self._max_size, *padded) / self._div) * self._div
+      padded = (side, side)
     return EvalVideo(r, r.video_id, r.length, (r.height, r.width), (h, w), padded)
 
 
@@ -577,7 +583,8 @@ def make_eval_source(config: ml_collections.ConfigDict, loaded: Any,
   records = getattr(loaded, "records", loaded)
   return EvalSource(records, config.input.min_size_test, config.input.max_size_test,
                     config.input.size_divisibility,
-                    range(process_index, len(records), process_count))
+                    range(process_index, len(records), process_count),
+                    pad_square=bool(config.input.get("test_pad_square", False)))
 
 
 def iter_frame_chunks(video: EvalVideo, chunk_size: int,

@@ -395,3 +395,18 @@ def test_worker_processes_give_the_same_batches(toy):
     assert info.counters.batches == 2  # counters are kept in this process
   finally:
     it.close()
+
+
+def test_eval_source_square_padding(tmp_path):
+  landscape = make_video(tmp_path, 5, length=3, h=60, w=80, num_tracks=1)
+  portrait = make_video(tmp_path, 6, length=3, h=80, w=60, num_tracks=1)
+  c = small_config()
+  c.input.test_pad_square = True
+  source = pipeline.make_eval_source(c, loaded([landscape, portrait]))
+  # Resized as without the option (shorter side 32, cap max_size_test); one square padding:
+  # ceil(max(max_size_test, 64) / 32) * 32 for every video.
+  side = -(-max(c.input.max_size_test, 64) // 32) * 32
+  assert source[0].resized_size == (32, 43) and source[1].resized_size == (43, 32)
+  assert source[0].padded_size == source[1].padded_size == (side, side)
+  chunk = next(pipeline.iter_frame_chunks(source[1], 3))
+  assert chunk.images.shape == (3, side, side, 3) and not chunk.images[:, 43:].any()
