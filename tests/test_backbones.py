@@ -506,3 +506,38 @@ def test_preprocess_zeroes_pipeline_padding():
   ref[0, :, 40:] = 0.0
   ref[0, :, :, 50:] = 0.0
   np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_resnet_group_norm_matches_torch():
+  """``norm="GN"``: every conv is followed by a trainable GroupNorm (gcd(groups, C) groups)."""
+  import torch
+  import torch.nn.functional as F
+
+  model = ResNet(depth=50, num_blocks=(1, 1, 1, 1), stem_out_channels=8, res2_out_channels=16,
+                 width_per_group=4, norm="GN", norm_groups=8)
+  x = images((2, 64, 64, 3), seed=3)
+  variables = model.init(jax.random.key(0), jnp.asarray(x))
+  assert FROZEN_BN not in variables  # no frozen statistics left
+  flat = traverse_util.flatten_dict(variables["params"], sep="/")
+  rng = np.random.default_rng(0)
+  flat = {k: np.asarray(v) + 0.1 * rng.normal(size=v.shape).astype(np.float32)
+          for k, v in flat.items()}  # GN scale/bias away from (1, 0)
+  ours = model.apply({"params": traverse_util.unflatten_dict(flat, sep="/")}, jnp.asarray(x))
+
+  def conv_gn(t, path, stride, pad):
+    w = torch.from_numpy(flat[f"{path}/kernel"]).permute(3, 2, 0, 1)
+    y = F.conv2d(t, w, stride=stride, padding=pad)
+    c = y.shape[1]
+    return F.group_norm(y, int(np.gcd(8, c)), torch.from_numpy(flat[f"{path}/norm/scale"]),
+                        torch.from_numpy(flat[f"{path}/norm/bias"]), eps=1e-5)
+
+  t = nhwc_to_nchw(x)
+  with torch.no_grad():
+    t = F.max_pool2d(F.relu(conv_gn(t, "stem/conv1", 2, 3)), 3, 2, 1)
+    for i, stage in enumerate(("res2", "res3", "res4", "res5")):
+      p, s = f"{stage}/block0", (1 if i == 0 else 2)
+      y = F.relu(conv_gn(t, f"{p}/conv1", 1, 0))
+      y = F.relu(conv_gn(y, f"{p}/conv2", s, 1))
+      t = F.relu(conv_gn(y, f"{p}/conv3", 1, 0) + conv_gn(t, f"{p}/shortcut", s, 0))
+      ref = t.permute(0, 2, 3, 1).numpy()
+      assert rel_err(ours[stage], ref) < 1e-5, stage

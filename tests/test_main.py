@@ -42,6 +42,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
   config = f"--config={REPO}/configs/vita_synthetic.py:smoke"
   out = _main(config, f"--workdir={tmp_path}/w", "--config.input.num_framez=3", cache=cache)
   assert out.returncode == 2 and 'Did you mean "num_frames"' in out.stderr
+  # A new key under a nested dict: ml_collections says only KeyError('xyzzy').
+  out = _main(config, f"--workdir={tmp_path}/w", "--config.model.backbone.xyzzy=1", cache=cache)
+  assert out.returncode == 2
+  assert "unknown config key 'xyzzy' in --config.model.backbone.xyzzy" in out.stderr
   out = _main(config, f"--workdir={tmp_path}/w", "--config.input.num_frames=0", cache=cache)
   assert out.returncode == 2
   assert "config.input.num_frames: must be >= 1" in out.stderr

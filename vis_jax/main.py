@@ -75,7 +75,13 @@ def _parse_command_line(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError, flags.Error) as e:
-    message = " ".join(str(e).replace("\\n", " ").replace("\\'", "").split()).strip("'")
+    message = " ".join(str(e).replace("\\n", " ").replace("\\'", "").split()).strip("'\"")
+    if message.isidentifier():
+      # ml_collections names only the last path component; point at the flag(s) using it.
+      flagged = [a.split("=", 1)[0] for a in argv
+                 if a.startswith("--config.") and message in a.split("=", 1)[0].split(".")]
+      message = f"unknown config key {message!r}" + (f" in {', '.join(flagged)}" if flagged
+                                                      else "")
     print(f"error: bad command line: {message}", file=sys.stderr)
     sys.exit(2)
 

@@ -23,10 +23,17 @@ VITA setting), 1 freezes the stem, k ≥ 2 freezes the stem and ``res2..res{k}``
 ``stop_gradient`` on their output (their kernels receive exactly zero gradient), and
 ``frozen_patterns(freeze_at)`` gives the regexes for ``config.optim.frozen_patterns`` so the
 optimizer neither decays nor keeps state for them.
+
+``norm`` (detectron2 ``MODEL.RESNETS.NORM``): ``"FrozenBN"`` (above; every official checkpoint)
+or ``"GN"``: trainable GroupNorm (``params/.../norm/{scale,bias}``, ``gcd(norm_groups, C)``
+groups so toy widths work), the detectron2 choice for training a ResNet from scratch — a
+FrozenBN network initialised at random has no trainable normalisation at all.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +46,7 @@ Dtype = Any
 FROZEN_BN = "frozen_bn"
 BN_EPS = 1e-5
 STAGES = ("res2", "res3", "res4", "res5")
+NORMS = ("FrozenBN", "GN")
 
 # detectron2's ``num_blocks_per_stage``; 18/34 use basic blocks, the rest bottlenecks.
 NUM_BLOCKS = {
@@ -92,7 +100,7 @@ class FrozenBatchNorm(nn.Module):
 
 
 class ConvNorm(nn.Module):
-  """Bias-free conv + FrozenBN (detectron2 ``Conv2d(..., bias=False, norm=FrozenBN)``).
+  """Bias-free conv + norm (detectron2 ``Conv2d(..., bias=False, norm=FrozenBN | GN)``).
 
   The kernel is ``[k, k, C_in, features]`` (HWIO); padding is symmetric ``padding`` pixels as in
   PyTorch (``SAME`` would pad (0, 1) for stride 2 on even sizes and shift the grid).
@@ -102,6 +110,8 @@ class ConvNorm(nn.Module):
   kernel_size: int
   stride: int = 1
   padding: int = 0
+  norm: str = "FrozenBN"
+  norm_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -116,6 +126,11 @@ class ConvNorm(nn.Module):
         window_strides=(self.stride, self.stride),
         padding=((self.padding, self.padding), (self.padding, self.padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.norm == "GN":
+      return nn.GroupNorm(num_groups=math.gcd(self.norm_groups, self.features), epsilon=BN_EPS,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(y)
+    if self.norm != "FrozenBN":
+      raise ValueError(f"ResNet norm {self.norm!r} not in {NORMS}")
     return FrozenBatchNorm(dtype=self.dtype, name="norm")(y)
 
 
@@ -123,11 +138,14 @@ class BasicStem(nn.Module):
   """7×7/2 conv + FrozenBN + ReLU + 3×3/2 max-pool (pad 1): ``[B,H,W,3]`` → ``[B,H/4,W/4,C]``."""
 
   features: int = 64
+  norm: str = "FrozenBN"
+  norm_groups: int = 32
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = ConvNorm(self.features, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+    x = ConvNorm(self.features, 7, 2, 3, self.norm, self.norm_groups, dtype=self.dtype,
+                 name="conv1")(x)
     x = nn.relu(x)
     # flax pads max-pool windows with -inf, as F.max_pool2d does.
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -138,19 +156,21 @@ class BasicBlock(nn.Module):
 
   out_channels: int
   stride: int = 1
+  norm: str = "FrozenBN"
+  norm_groups: int = 32
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """``[B, H, W, C_in]`` → ``[B, H/stride, W/stride, out_channels]``."""
+    conv = functools.partial(ConvNorm, norm=self.norm, norm_groups=self.norm_groups,
+                             dtype=self.dtype)
     if x.shape[-1] != self.out_channels:
-      shortcut = ConvNorm(self.out_channels, 1, self.stride, dtype=self.dtype,
-                          name="shortcut")(x)
+      shortcut = conv(self.out_channels, 1, self.stride, name="shortcut")(x)
     else:
       shortcut = x.astype(self.dtype)
-    y = nn.relu(ConvNorm(self.out_channels, 3, self.stride, 1, dtype=self.dtype,
-                         name="conv1")(x))
-    y = ConvNorm(self.out_channels, 3, 1, 1, dtype=self.dtype, name="conv2")(y)
+    y = nn.relu(conv(self.out_channels, 3, self.stride, 1, name="conv1")(x))
+    y = conv(self.out_channels, 3, 1, 1, name="conv2")(y)
     return nn.relu(y + shortcut)
 
 
@@ -165,22 +185,23 @@ class BottleneckBlock(nn.Module):
   bottleneck_channels: int
   stride: int = 1
   stride_in_1x1: bool = False
+  norm: str = "FrozenBN"
+  norm_groups: int = 32
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """``[B, H, W, C_in]`` → ``[B, H/stride, W/stride, out_channels]``."""
+    conv = functools.partial(ConvNorm, norm=self.norm, norm_groups=self.norm_groups,
+                             dtype=self.dtype)
     if x.shape[-1] != self.out_channels:
-      shortcut = ConvNorm(self.out_channels, 1, self.stride, dtype=self.dtype,
-                          name="shortcut")(x)
+      shortcut = conv(self.out_channels, 1, self.stride, name="shortcut")(x)
     else:
       shortcut = x.astype(self.dtype)
     stride_1x1, stride_3x3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
-    y = nn.relu(ConvNorm(self.bottleneck_channels, 1, stride_1x1, dtype=self.dtype,
-                         name="conv1")(x))
-    y = nn.relu(ConvNorm(self.bottleneck_channels, 3, stride_3x3, 1, dtype=self.dtype,
-                         name="conv2")(y))
-    y = ConvNorm(self.out_channels, 1, 1, dtype=self.dtype, name="conv3")(y)
+    y = nn.relu(conv(self.bottleneck_channels, 1, stride_1x1, name="conv1")(x))
+    y = nn.relu(conv(self.bottleneck_channels, 3, stride_3x3, 1, name="conv2")(y))
+    y = conv(self.out_channels, 1, 1, name="conv3")(y)
     return nn.relu(y + shortcut)
 
 
@@ -193,17 +214,20 @@ class ResNetStage(nn.Module):
   first_stride: int
   bottleneck: bool = True
   stride_in_1x1: bool = False
+  norm: str = "FrozenBN"
+  norm_groups: int = 32
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    norm = dict(norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype)
     for i in range(self.num_blocks):
       stride = self.first_stride if i == 0 else 1
       if self.bottleneck:
         x = BottleneckBlock(self.out_channels, self.bottleneck_channels, stride,
-                            self.stride_in_1x1, dtype=self.dtype, name=f"block{i}")(x)
+                            self.stride_in_1x1, **norm, name=f"block{i}")(x)
       else:
-        x = BasicBlock(self.out_channels, stride, dtype=self.dtype, name=f"block{i}")(x)
+        x = BasicBlock(self.out_channels, stride, **norm, name=f"block{i}")(x)
     return x
 
 
@@ -220,6 +244,8 @@ class ResNet(nn.Module):
       stage.
     width_per_group: ``RESNETS.WIDTH_PER_GROUP`` (64) = bottleneck width of ``res2``; doubles per
       stage.
+    norm: ``"FrozenBN"`` (official) or ``"GN"`` (trainable GroupNorm, for training from scratch).
+    norm_groups: GroupNorm groups (``gcd`` with each layer's channels).
     dtype: compute dtype (parameters and BN statistics stay float32).
   """
 
@@ -230,6 +256,8 @@ class ResNet(nn.Module):
   stem_out_channels: int = 64
   res2_out_channels: int = 256
   width_per_group: int = 64
+  norm: str = "FrozenBN"
+  norm_groups: int = 32
   dtype: Dtype = jnp.float32
 
   @property
@@ -259,14 +287,17 @@ class ResNet(nn.Module):
     if not self.bottleneck and self.res2_out_channels != self.stem_out_channels:
       raise ValueError("ResNet-18/34 need res2_out_channels == stem_out_channels "
                        f"({self.res2_out_channels} != {self.stem_out_channels})")
-    x = BasicStem(self.stem_out_channels, dtype=self.dtype, name="stem")(images)
+    if self.norm not in NORMS:
+      raise ValueError(f"ResNet norm {self.norm!r} not in {NORMS}")
+    norm = dict(norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype)
+    x = BasicStem(self.stem_out_channels, **norm, name="stem")(images)
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     features = {}
     for i, (name, n) in enumerate(zip(STAGES, blocks, strict=True)):
       x = ResNetStage(n, self.res2_out_channels * 2**i, self.width_per_group * 2**i,
                       first_stride=1 if i == 0 else 2, bottleneck=self.bottleneck,
-                      stride_in_1x1=self.stride_in_1x1, dtype=self.dtype, name=name)(x)
+                      stride_in_1x1=self.stride_in_1x1, **norm, name=name)(x)
       if self.freeze_at >= i + 2:
         x = jax.lax.stop_gradient(x)
       features[name] = x
