@@ -19,7 +19,8 @@
 
 Sources: ``hf_mask2former`` (Hugging Face ``Mask2FormerForUniversalSegmentation``) and
 ``detectron2`` (facebookresearch/Mask2Former, also the frame-level part of M2F-VIS / VITA
-checkpoints), both for ``model_name = "mask2former"``. A converter is
+checkpoints), both for ``model_name = "mask2former"`` and ``"mask2former_vis"`` (official M2F-VIS
+checkpoints have the image model's key names). A converter is
 ``fn(state_dict, abstract_params, abstract_state, config) -> Conversion``; new model families
 add an entry to ``CONVERTERS`` (e.g. ``"vita"``).
 """
@@ -228,9 +229,11 @@ def convert_mask2former(state_dict: Mapping[str, np.ndarray], abstract_params: M
 def _mask2former_converter(source: str) -> Converter:
 
   def convert(state_dict, abstract_params, abstract_state, config):
-    if config.model_name != "mask2former":
-      raise ValueError(f"this converter builds model_name 'mask2former', the config has "
-                       f"{config.model_name!r}")
+    # Mask2Former-VIS has the image model's parameter tree and official key names (its 3-D
+    # positional encoding has no parameters), so both take the same mapping.
+    if config.model_name not in ("mask2former", "mask2former_vis"):
+      raise ValueError(f"this converter builds model_name 'mask2former' or 'mask2former_vis', "
+                       f"the config has {config.model_name!r}")
     params, model_state, report = convert_mask2former(state_dict, abstract_params,
                                                       abstract_state, source)
     known = (_BACKBONE_PREFIX[source],) + _HEAD_PREFIXES[source]

@@ -7,7 +7,9 @@
    bilinear to the padded input size → crop to the resized (un-padded) size → sigmoid; the
    mask score accumulates Σ(σ·[σ>0.5]) / Σ[σ>0.5] over all frames; the cropped logits are
    resized bilinearly to the original (height, width) and thresholded at logit > 0; each frame
-   becomes one compressed RLE per instance immediately.
+   becomes one compressed RLE per instance immediately. ``upsample_and_encode`` is one such
+   chunk on its own (also used for the stitched tracks of chunked inference,
+   ``vis_jax/inference/clip_linker.py``).
 3. ``finish``: score = class probability × mask score, results in the official format.
 
 Interpolation is ``jax.image.resize(method="bilinear", antialias=False)`` = PyTorch's
@@ -66,6 +68,41 @@ def _upsample_chunk(logits: jax.Array, frame_valid: jax.Array, padded_hw: tuple[
   return original > 0, numerator, denominator
 
 
+def upsample_and_encode(mask_logits: np.ndarray | jax.Array, num_valid: int | None,
+                        padded_hw: tuple[int, int], resized_hw: tuple[int, int],
+                        original_hw: tuple[int, int]
+                        ) -> tuple[list[list[dict[str, Any]]], np.ndarray, np.ndarray]:
+  """Low-resolution mask logits of ``k`` instances → per-frame RLEs at the original size.
+
+  Args:
+    mask_logits: ``[k, t, h, w]``; only the first ``num_valid`` frames count (None = all; a
+      padded chunk keeps shapes static).
+    padded_hw, resized_hw, original_hw: the video's sizes (``EvalVideo``).
+
+  Returns:
+    ``(rles, numerator, denominator)``: ``rles[i]`` holds ``num_valid`` compressed RLEs of
+    instance ``i``; the mask-score sums ``[k]`` (Σσ·[σ>0.5], Σ[σ>0.5]) over those frames.
+  """
+  t = mask_logits.shape[1] if num_valid is None else int(num_valid)
+  # A validity mask instead of slicing keeps one compiled shape per chunk size.
+  frame_valid = jnp.arange(mask_logits.shape[1]) < t
+  masks, numerator, denominator = _upsample_chunk(
+      jnp.asarray(mask_logits), frame_valid, tuple(int(s) for s in padded_hw),
+      tuple(int(s) for s in resized_hw), tuple(int(s) for s in original_hw))
+  masks = np.asarray(masks)
+  rles: list[list[dict[str, Any]]] = [[] for _ in range(masks.shape[0])]
+  for frame in range(t):
+    if not rles:
+      break
+    # [H, W, k] Fortran order: one encode call for all instances of the frame.
+    encoded = mask_util.encode(np.asfortranarray(masks[:, frame].transpose(1, 2, 0),
+                                                 dtype=np.uint8))
+    for i, rle in enumerate(encoded):
+      rle["counts"] = rle["counts"].decode("ascii")
+      rles[i].append(rle)
+  return rles, np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+
+
 class StreamingMasks:
   """Accumulates per-frame RLEs and mask scores of k instances over chunks of frames."""
 
@@ -85,21 +122,12 @@ class StreamingMasks:
   def add_chunk(self, mask_logits: np.ndarray | jax.Array, num_valid: int | None = None) -> None:
     """Adds frames. ``mask_logits``: ``[k, t, h, w]``; only the first ``num_valid`` frames
     count (a padded last chunk keeps shapes static)."""
-    t = mask_logits.shape[1] if num_valid is None else int(num_valid)
-    # A validity mask instead of slicing keeps one compiled shape per chunk size.
-    frame_valid = jnp.arange(mask_logits.shape[1]) < t
-    masks, numerator, denominator = _upsample_chunk(
-        jnp.asarray(mask_logits), frame_valid, self.padded_hw, self.resized_hw, self.original_hw)
-    self._numerator += np.asarray(numerator, np.float64)
-    self._denominator += np.asarray(denominator, np.float64)
-    masks = np.asarray(masks)
-    for frame in range(t):
-      # [H, W, k] Fortran order: one encode call for all instances of the frame.
-      encoded = mask_util.encode(np.asfortranarray(masks[:, frame].transpose(1, 2, 0),
-                                                   dtype=np.uint8))
-      for i, rle in enumerate(encoded):
-        rle["counts"] = rle["counts"].decode("ascii")
-        self.rles[i].append(rle)
+    rles, numerator, denominator = upsample_and_encode(
+        mask_logits, num_valid, self.padded_hw, self.resized_hw, self.original_hw)
+    self._numerator += numerator
+    self._denominator += denominator
+    for mine, added in zip(self.rles, rles, strict=True):
+      mine.extend(added)
 
   def mask_scores(self) -> np.ndarray:
     return self._numerator / (self._denominator + 1e-6)

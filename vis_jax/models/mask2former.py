@@ -7,11 +7,16 @@ predicting after every layer. Each layer's cross-attention is restricted to the 
 (sigmoid ≥ 0.5) of the previous prediction resized to that level (``attention_mask_from_logits``);
 a query whose mask is empty attends everywhere (the official fallback).
 
-The image decoder is written so that the Mask2Former-VIS 3-D variant can reuse it: memory tokens
+The image decoder is written so that the Mask2Former-VIS 3-D variant reuses it: memory tokens
 are handled flattened (``decode``), mask features may carry extra spatial axes
 (``[B, T, H, W, D]`` → masks ``[B, Q, T, H, W]``), and the attention mask resizes only the last two
 axes and flattens the rest in (t, h, w) order, which is how the video decoder orders its memory.
-A video subclass only has to build the memory with 3-D sine positions in ``__call__``.
+``VideoMultiScaleMaskedTransformerDecoder`` (spec §2.1, paper §3) only overrides ``__call__``: the
+memory of a level is all ``T`` frames' tokens (time-major), keyed by the 3-D sine encoding
+``e_t ⊕ e_xy`` (``sine_position_3d``: the 2-D code plus a temporal code, added); the parameters
+are the image decoder's, so COCO image checkpoints load unchanged. Padded frames
+(``frame_valid``) are excluded from the positional normalisation and from attention, so a video
+padded to a length bucket gives the same predictions as the unpadded one.
 
 Outputs (see ``MultiScaleMaskedTransformerDecoder.__call__``): ``aux_outputs`` is a **list** of
 dicts (initial-query prediction, then layers 1..L-1), the official structure, which is what
@@ -33,27 +38,31 @@ import jax.numpy as jnp
 
 from vis_jax.models.layers.attention import MultiHeadAttention
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
-from vis_jax.models.layers.position import sine_position_2d
+from vis_jax.models.layers.position import sine_position_2d, sine_position_3d
 from vis_jax.models.pixel_decoder import c2_xavier_init, layer_norm, resize_bilinear
 
 # Official masked attention blocks positions where sigmoid(mask logit) < 0.5.
 MASK_THRESHOLD = 0.5
 
 
-def unblock_empty_rows(allowed: jax.Array) -> jax.Array:
+def unblock_empty_rows(allowed: jax.Array, key_valid: jax.Array | None = None) -> jax.Array:
   """Lets a query whose mask allows nothing attend everywhere (official fallback).
 
   Args:
     allowed: ``[..., N]`` bool, True = may attend.
+    key_valid: optional bool broadcastable to ``allowed``: keys that exist (False = padding,
+      e.g. the padded frames of a video); an empty row is then unblocked on the valid keys only.
 
   Returns:
-    ``allowed`` with every all-False row along the last axis set to all-True.
+    ``allowed`` with every all-False row along the last axis set to all-True (all valid).
   """
-  return allowed | ~jnp.any(allowed, axis=-1, keepdims=True)
+  empty = ~jnp.any(allowed, axis=-1, keepdims=True)
+  return allowed | (empty if key_valid is None else empty & key_valid)
 
 
 def attention_mask_from_logits(mask_logits: jax.Array, size: Sequence[int],
-                               threshold: float = MASK_THRESHOLD) -> jax.Array:
+                               threshold: float = MASK_THRESHOLD,
+                               frame_valid: jax.Array | None = None) -> jax.Array:
   """Masked-attention mask from predicted mask logits.
 
   The logits are resized bilinearly (``align_corners=False``) to the level's ``(h, w)``; a
@@ -67,6 +76,8 @@ def attention_mask_from_logits(mask_logits: jax.Array, size: Sequence[int],
       (video).
     size: target ``(h, w)``.
     threshold: sigmoid threshold.
+    frame_valid: optional ``[B, *extra]`` bool (video: ``[B, T]``); positions of invalid
+      (padded) frames are never attended, not even by an unblocked row.
 
   Returns:
     ``[B, Q, prod(extra)·h·w]`` bool, True = may attend, flattened in (*extra, h, w) order.
@@ -74,7 +85,12 @@ def attention_mask_from_logits(mask_logits: jax.Array, size: Sequence[int],
   logits = jax.lax.stop_gradient(mask_logits).astype(jnp.float32)
   logits = resize_bilinear(logits, size, axes=(-2, -1))
   allowed = jax.nn.sigmoid(logits) >= threshold
-  return unblock_empty_rows(allowed.reshape(*allowed.shape[:2], -1))
+  b, q = allowed.shape[:2]
+  if frame_valid is None:
+    return unblock_empty_rows(allowed.reshape(b, q, -1))
+  key_valid = jnp.broadcast_to(frame_valid.astype(bool)[:, None, ..., None, None],
+                               allowed.shape).reshape(b, q, -1)
+  return unblock_empty_rows(allowed.reshape(b, q, -1) & key_valid, key_valid)
 
 
 def _ffn_dense(features: int, fan_in: int, dtype: Any, param_dtype: Any, name: str) -> nn.Dense:
@@ -251,7 +267,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     return x + self.level_embed.embedding[level].astype(self.dtype)
 
   def prediction_heads(self, output: jax.Array, mask_features: jax.Array,
-                       target_size: Sequence[int]
+                       target_size: Sequence[int], frame_valid: jax.Array | None = None
                        ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Shared heads on ``decoder_norm(output)`` (official ``forward_prediction_heads``).
 
@@ -259,6 +275,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       output: ``[B, Q, C]`` decoder state.
       mask_features: ``[B, *S, D]`` (``S = (H, W)`` or ``(T, H, W)``).
       target_size: ``(h, w)`` of the level the next layer attends.
+      frame_valid: optional ``[B, T]`` validity of the frames (video with padded frames).
 
     Returns:
       ``(class logits [B, Q, K+1], mask logits [B, Q, *S], attention mask [B, Q, N_next]
@@ -268,10 +285,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     logits = self.class_embed(normed)
     mask_embed = self.mask_embed(normed)
     masks = jnp.einsum("bqc,b...c->bq...", mask_embed, mask_features.astype(self.dtype))
-    return logits, masks, attention_mask_from_logits(masks, target_size), normed
+    allowed = attention_mask_from_logits(masks, target_size, frame_valid=frame_valid)
+    return logits, masks, allowed, normed
 
   def decode(self, memories: Sequence[jax.Array], positions: Sequence[jax.Array],
-             level_sizes: Sequence[Sequence[int]], mask_features: jax.Array) -> dict[str, Any]:
+             level_sizes: Sequence[Sequence[int]], mask_features: jax.Array,
+             frame_valid: jax.Array | None = None) -> dict[str, Any]:
     """The decoder proper, on flattened memory (shared by image and video variants).
 
     Args:
@@ -279,6 +298,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       positions: per level ``[B, N_l, C]`` key positional encodings.
       level_sizes: per level ``(h_l, w_l)``; ``N_l = prod(extra)·h_l·w_l``.
       mask_features: ``[B, *S, D]``.
+      frame_valid: optional ``[B, T]`` (video): keys of invalid frames are never attended.
 
     Returns:
       The output dict of ``__call__``.
@@ -291,7 +311,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     output = jnp.broadcast_to(self.query_feat_embed.embedding[None], (b, q, c)).astype(self.dtype)
     positions = [p.astype(self.dtype) for p in positions]
 
-    logits, masks, allowed, _ = self.prediction_heads(output, mask_features, level_sizes[0])
+    logits, masks, allowed, _ = self.prediction_heads(output, mask_features, level_sizes[0],
+                                                      frame_valid)
     all_logits, all_masks, query_features = [logits], [masks], []
     for i in range(self.dec_layers):
       level = i % n_levels
@@ -300,7 +321,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       output = self.transformer_self_attention_layers[i](output, query_pos)
       output = self.transformer_ffn_layers[i](output)
       logits, masks, allowed, normed = self.prediction_heads(
-          output, mask_features, level_sizes[(i + 1) % n_levels])
+          output, mask_features, level_sizes[(i + 1) % n_levels], frame_valid)
       all_logits.append(logits)
       all_masks.append(masks)
       query_features.append(normed)
@@ -339,3 +360,39 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                        .reshape(b, h * w, self.hidden_dim))
       memories.append(self.project_level(x, level).reshape(b, h * w, self.hidden_dim))
     return self.decode(memories, positions, sizes, mask_features)
+
+
+class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder):
+  """Mask2Former-VIS's ``VideoMultiScaleMaskedTransformerDecoder``: the image decoder on the
+  spatio-temporal volume (3-D masked attention, temporal sine encoding, ``[Q, T, H, W]`` masks).
+
+  Same attributes and parameters as ``MultiScaleMaskedTransformerDecoder``.
+  """
+
+  def __call__(self, multi_scale_features: Sequence[jax.Array], mask_features: jax.Array,
+               frame_valid: jax.Array | None = None) -> dict[str, Any]:
+    """Runs the decoder on a batch of clips.
+
+    Args:
+      multi_scale_features: ``num_feature_levels`` maps ``[B, T, h_l, w_l, C_in]``, coarsest
+        first.
+      mask_features: ``[B, T, H, W, mask_dim]`` (1/4 resolution).
+      frame_valid: optional ``[B, T]`` bool, False for padded frames (never attended, not
+        counted by the temporal encoding); None = every frame is real.
+
+    Returns:
+      As the image decoder, with ``pred_masks`` ``[B, Q, T, H, W]`` (likewise in
+      ``aux_outputs``); the memory of level ``l`` is ``[B, T·h_l·w_l, C]`` in (t, h, w) order.
+    """
+    memories, positions, sizes = [], [], []
+    for level, x in enumerate(multi_scale_features):
+      b, t, h, w, _ = x.shape
+      sizes.append((h, w))
+      if frame_valid is None:
+        padding = (b, t, h, w)
+      else:
+        padding = jnp.broadcast_to(~frame_valid.astype(bool)[:, :, None, None], (b, t, h, w))
+      positions.append(sine_position_3d(padding, self.hidden_dim // 2)
+                       .reshape(b, t * h * w, self.hidden_dim))
+      memories.append(self.project_level(x, level).reshape(b, t * h * w, self.hidden_dim))
+    return self.decode(memories, positions, sizes, mask_features, frame_valid)

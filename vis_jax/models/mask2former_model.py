@@ -104,6 +104,9 @@ class Mask2FormerModel(nn.Module):
   pixel_mean: Sequence[float] = PIXEL_MEAN
   pixel_std: Sequence[float] = PIXEL_STD
 
+  # The decoder class (not a dataclass field): Mask2Former-VIS swaps in the 3-D video decoder.
+  decoder_class = MultiScaleMaskedTransformerDecoder
+
   @classmethod
   def from_config(cls, model_cfg: Any, num_classes: int, dtype: Any = "float32"
                   ) -> Mask2FormerModel:
@@ -141,7 +144,7 @@ class Mask2FormerModel(nn.Module):
         in_features=in_features, feature_strides=tuple(FEATURE_STRIDES[f] for f in in_features),
         dtype=self.dtype, **pd_cfg)
 
-    self.predictor = MultiScaleMaskedTransformerDecoder(
+    self.predictor = self.decoder_class(
         num_classes=self.num_classes, mask_dim=self.pixel_decoder.mask_dim,
         in_channels=self.pixel_decoder.conv_dim, remat_layers=self.remat_decoder_layers,
         dtype=self.dtype, **dict(self.decoder_config))

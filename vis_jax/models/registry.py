@@ -12,6 +12,7 @@ _BUNDLES = {
     "pixel_baseline": "vis_jax.models.pixel_baseline:PixelBaseline",
     "mask2former": "vis_jax.models.mask2former_model:Mask2FormerImage",
     "vita": "vis_jax.models.vita_model:Vita",
+    "mask2former_vis": "vis_jax.models.mask2former_vis_model:Mask2FormerVIS",
 }
 
 
