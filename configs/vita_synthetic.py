@@ -1,9 +1,20 @@
 """VITA on the synthetic YouTube-VIS-format dataset: the project's default run on a CPU.
 
-A small VITA (ResNet-50 layout at toy widths, 2-layer pixel decoder, 3 frame-decoder layers,
-2 + 2 VITA layers) trained from scratch on the synthetic dataset, which is generated on first
-use under ``config.data.synthetic.root``, and evaluated on its validation split with the exact
-YouTube-VIS metric. Variant: ``configs/vita_synthetic.py:smoke`` (a few steps, tiny sizes).
+A small VITA (ResNet-50 layout at toy widths with trainable GroupNorm, 1-layer pixel decoder,
+3 frame-decoder layers, 2 + 2 VITA layers) trained from scratch on the synthetic dataset, which
+is generated on first use under ``config.data.synthetic.root``, and evaluated on its validation
+split with the exact YouTube-VIS metric. Variant: ``configs/vita_synthetic.py:smoke``.
+
+Departures from the official recipe, each measured on this dataset (notes in issue #5):
+* ``backbone.norm="GN"`` and ``backbone_multiplier=1``: there are no pretrained weights, and a
+  FrozenBN ResNet initialised at random has no trainable normalisation.
+* ``loss.class_weight=10`` (official 2, matcher and loss): from scratch, at weight 2 a linear
+  probe of the frame queries stays at chance (14% on 7 classes) after 1,000 steps — the mask
+  losses dominate the shared trunk and no shape features form; at 10 the frame-level CE falls
+  from 1.9 to 0.7 within 400 steps.
+* One square bucket for training and ``input.test_pad_square`` for evaluation: one compilation
+  each.
+Status: the synthetic AP target (≥ 60) is not reached yet; see the issue notes.
 """
 
 from configs import common, datasets
@@ -18,10 +29,10 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   c.model_name = "vita"
   c.model = mask2former_model.default_config()
   c.model.backbone = common.ConfigDict(dict(
-      name="resnet50", num_blocks=(1, 1, 1, 1), stem_out_channels=16, res2_out_channels=32,
-      width_per_group=8))
+      name="resnet50", num_blocks=(1, 1, 1, 1), stem_out_channels=24, res2_out_channels=64,
+      width_per_group=16, norm="GN", norm_groups=8))
   pd = c.model.pixel_decoder
-  pd.conv_dim, pd.mask_dim, pd.num_encoder_layers = 64, 64, 2
+  pd.conv_dim, pd.mask_dim, pd.num_encoder_layers = 64, 64, 1
   pd.num_heads, pd.dim_feedforward, pd.num_groups = 4, 128, 8
   dec = c.model.decoder
   dec.hidden_dim, dec.num_heads, dec.dim_feedforward = 64, 4, 128
@@ -32,29 +43,32 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   c.model.inference = vita_model.default_inference_config()
   c.model.inference.top_k = 10
   c.loss.num_points = 512
+  c.loss.class_weight = 10.0
 
-  c.batch_size = 8
-  c.input.num_frames = 3
+  c.batch_size = 4
+  c.input.num_frames = 2
   c.input.sampling_frame_range = 6
-  c.input.min_size_train = (128, 144, 160)
-  c.input.max_size_train = 288
+  c.input.min_size_train = (96, 112, 128)
+  c.input.max_size_train = 160
   c.input.crop = common.ConfigDict(dict(
-      enabled=True, prob=0.5, resize_min_sizes=(192, 224, 240), resize_max_size=432,
-      min_size=128, max_size=192, moving=True))
-  c.input.size_buckets = ((160, 288), (288, 160))
+      enabled=True, prob=0.5, resize_min_sizes=(128, 160), resize_max_size=224,
+      min_size=96, max_size=160, moving=True))
+  c.input.size_buckets = ((160, 160),)
   c.input.max_instances = 8
-  c.input.min_size_test = 160
-  c.input.max_size_test = 288
-  c.input.pseudo.min_size_train = (128, 144, 160)
-  c.input.pseudo.max_size_train = 288
+  c.input.min_size_test = 128
+  c.input.max_size_test = 160
+  c.input.test_pad_square = True
+  c.input.pseudo.min_size_train = (96, 112, 128)
+  c.input.pseudo.max_size_train = 160
 
-  c.optim.learning_rate = 3e-4
+  c.optim.learning_rate = 2e-4
+  c.optim.backbone_multiplier = 1.0
   c.optim.clip_grad_norm = 1.0
-  c.optim.decay_steps = (1500,)
-  c.optim.warmup_steps = 20
+  c.optim.decay_steps = (1000,)
+  c.optim.warmup_steps = 50
   c.optim.warmup_factor = 0.01
-  c.num_train_steps = 1800
-  c.checkpoint_every_steps = 200
+  c.num_train_steps = 1200
+  c.checkpoint_every_steps = 300
   c.eval_every_steps = 600
   if args.smoke:
     common.apply_smoke(c)
