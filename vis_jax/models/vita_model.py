@@ -12,7 +12,8 @@ through the object tokens (``Qf·C`` floats per frame):
      frame queries on the host;
   2. VITA on all frame queries (``T`` padded to a multiple of ``inference.length_bucket`` with
      ``frame_valid``, so videos of similar length share one compilation; the decoder's
-     cross-attention runs over key chunks, ``config.model.vita.kv_chunk``);
+     cross-attention runs over key chunks and the encoder over groups of windows,
+     ``inference.vita_kv_chunk`` / ``vita_enc_window_chunk``);
   3. top-k (query, class) pairs, then the chosen queries' masks chunk by chunk from VITA's mask
      features — recomputed by a second backbone + pixel-decoder pass
      (``inference.mask_features = "recompute"``), or kept on the host from pass 1 (``"keep"``,
@@ -48,9 +49,14 @@ from vis_jax.models.mask2former_model import (
 
 
 def default_inference_config() -> ConfigDict:
-  """``config.model.inference`` (official: 18-frame chunks, top-10; 20 for OVIS)."""
+  """``config.model.inference`` (official: 18-frame chunks, top-10; 20 for OVIS).
+
+  ``vita_kv_chunk`` / ``vita_enc_window_chunk``: VITA's ``kv_chunk`` / ``enc_window_chunk`` at
+  inference (0 = those of ``config.model.vita``): long videos then never build the dense
+  decoder attention or all encoder windows' attention and FFN at once (same results).
+  """
   return ConfigDict(dict(chunk_size=18, top_k=10, length_bucket=16, mask_features="auto",
-                         keep_max_frames=36))
+                         keep_max_frames=36, vita_kv_chunk=2048, vita_enc_window_chunk=8))
 
 
 class VitaModel(nn.Module):
@@ -144,8 +150,13 @@ class Vita(ModelBundle):
   @functools.cached_property
   def _jitted(self) -> dict[str, Any]:
     apply = self.module.apply
+    vita_cfg = self.module.vita_cfg.as_configdict()
+    for key in ("kv_chunk", "enc_window_chunk"):
+      if int(self.inference.get(f"vita_{key}", 0)) > 0:
+        vita_cfg[key] = int(self.inference[f"vita_{key}"])
+    video_apply = self.module.clone(vita_cfg=ml_collections.FrozenConfigDict(vita_cfg)).apply
 
-    def call(method):
+    def call(method, apply=apply):
       return jax.jit(lambda variables, *args: apply(variables, *args, method=method))
 
     def masks_from_features(mask_embed, feats):
@@ -156,7 +167,7 @@ class Vita(ModelBundle):
       return masks_from_features(mask_embed, feats)
 
     return {"frame_queries": call(VitaModel.frame_queries),
-            "video": call(VitaModel.video_predictions),
+            "video": call(VitaModel.video_predictions, video_apply),
             "masks": jax.jit(masks), "masks_from_features": jax.jit(masks_from_features)}
 
   def predict_video(self, params: Any, model_state: Any, video: pipeline.EvalVideo
