@@ -8,26 +8,17 @@ frames) on the validation split with the exact YouTube-VIS metric. Variant: ``:s
 sizes; its videos longer than 8 frames take the chunked path, so both inference modes run).
 """
 
-from configs import common, datasets
+from configs import common, datasets, small_detector
 
 
 def get_config(arg: str | None = None) -> common.ConfigDict:
-  from vis_jax.models import mask2former_model, mask2former_vis_model  # local: light import
+  from vis_jax.models import mask2former_vis_model  # local: light import
 
   args = common.parse_arg(arg, smoke=False)
   c = common.base_config()
   datasets.apply(c, "synthetic")
   c.model_name = "mask2former_vis"
-  c.model = mask2former_model.default_config()
-  c.model.backbone = common.ConfigDict(dict(
-      name="resnet50", num_blocks=(1, 1, 1, 1), stem_out_channels=24, res2_out_channels=64,
-      width_per_group=16, norm="GN", norm_groups=8))
-  pd = c.model.pixel_decoder
-  pd.conv_dim, pd.mask_dim, pd.num_encoder_layers = 64, 64, 2
-  pd.num_heads, pd.dim_feedforward, pd.num_groups = 4, 128, 8
-  dec = c.model.decoder
-  dec.hidden_dim, dec.num_heads, dec.dim_feedforward = 64, 4, 128
-  dec.dec_layers, dec.num_queries = 6, 16
+  c.model = small_detector.small_detector_config(2, 6)
   c.model.inference = mask2former_vis_model.default_inference_config()
   c.model.inference.max_frames_whole = 60
   c.model.inference.clip_length = 32

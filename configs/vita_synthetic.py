@@ -17,26 +17,17 @@ Departures from the official recipe, each measured on this dataset (notes in iss
 Status: the synthetic AP target (≥ 60) is not reached yet; see the issue notes.
 """
 
-from configs import common, datasets
+from configs import common, datasets, small_detector
 
 
 def get_config(arg: str | None = None) -> common.ConfigDict:
-  from vis_jax.models import mask2former_model, vita, vita_model  # local: light config import
+  from vis_jax.models import vita, vita_model  # local: light config import
 
   args = common.parse_arg(arg, smoke=False)
   c = common.base_config()
   datasets.apply(c, "synthetic")
   c.model_name = "vita"
-  c.model = mask2former_model.default_config()
-  c.model.backbone = common.ConfigDict(dict(
-      name="resnet50", num_blocks=(1, 1, 1, 1), stem_out_channels=24, res2_out_channels=64,
-      width_per_group=16, norm="GN", norm_groups=8))
-  pd = c.model.pixel_decoder
-  pd.conv_dim, pd.mask_dim, pd.num_encoder_layers = 64, 64, 1
-  pd.num_heads, pd.dim_feedforward, pd.num_groups = 4, 128, 8
-  dec = c.model.decoder
-  dec.hidden_dim, dec.num_heads, dec.dim_feedforward = 64, 4, 128
-  dec.dec_layers, dec.num_queries = 3, 16
+  c.model = small_detector.small_detector_config(1, 3)
   c.model.vita = vita.default_config(
       hidden_dim=64, num_heads=4, dim_feedforward=128, enc_layers=2, dec_layers=2,
       enc_window_size=3, num_object_queries=10, mask_dim=64)
