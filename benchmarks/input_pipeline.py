@@ -40,8 +40,7 @@ def build_config(num_workers: int | None, batch_size: int | None,
 def run(config: common.ConfigDict, batches: int, warmup: int) -> dict:
   s = config.data.synthetic
   t0 = time.perf_counter()
-  synthetic.ensure_dataset(s.root, s.num_train_videos, s.num_valid_videos, s.seed, s.min_frames,
-                           s.max_frames, s.short_side, s.occlusion_labels)
+  synthetic.ensure_dataset(**s.to_dict())
   sources = {name: datasets.build_source(name, src, config)
              for name, src in common.active_sources(config).items()}
   setup_seconds = time.perf_counter() - t0

@@ -102,6 +102,8 @@ def base_config() -> ConfigDict:
       max_frames=60,
       short_side=240,
       occlusion_labels=False,
+      # Main colour hue in a band of the class (False: only the shape tells the class).
+      class_colours=True,
   ))
   # 'error': stop with a message naming the file; 'skip': drop the sample, count and report.
   # Local validation: hold out `num_videos` videos of training source `source` (seeded) and
@@ -206,6 +208,7 @@ def base_config() -> ConfigDict:
   # tensors whose path and shape match are loaded, the rest keep their initial values and are
   # reported. Ignored when the workdir already has a checkpoint (resume wins).
   c.init_from = ""
+  c.init_from_prefix = ""       # model path the loaded tree goes under ("detector": VITA from M2F)
   c.init_from_strict = False    # True: any missing / unexpected / mismatched tensor is an error
   return c
 

@@ -10,8 +10,12 @@ locally)::
   DIR/valid.json   DIR/valid/JPEGImages/vid_0000/00000.jpg ...
   DIR/params.json  the generation parameters (``ensure_dataset`` compares them)
 
-Content: textured shapes moving over textured backgrounds. The class is the shape; colour and
-texture are random per instance, so only the shape gives the class away. Objects move smoothly
+Content: textured shapes moving over textured backgrounds. The class is the shape; texture and
+the second colour are random per instance. With ``class_colours`` (the configs' default) the
+main colour's hue lies in a band owned by the class (7 bands around the hue circle, value and
+saturation random), so appearance carries the class as it does in real videos; without it only
+the shape gives the class away — a harder variant that the CPU-sized synthetic models do not
+learn to classify within their budget (issue #5 notes). Objects move smoothly
 (velocity, acceleration, wobble), grow or shrink, rotate, enter and leave the frame, and occlude
 each other in a fixed depth order. A stored mask is the *visible* mask, so the masks of one frame
 are disjoint, and a frame where an object is out of view or fully hidden is ``null``.
@@ -196,12 +200,22 @@ def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
   return np.random.default_rng([seed, SPLITS.index(split), index, stream])
 
 
+def _hsv_colour(h: float, s: float, v: float) -> np.ndarray:
+  """RGB float32 [3] in [0, 255]; hue ``h`` in [0, 6)."""
+  rgb = np.clip(np.abs((h + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)
+  return (4 + 247 * v * (1 - s + s * rgb)).astype(np.float32)
+
+
 def _random_colour(rng: np.random.Generator, sat: tuple[float, float],
                    val: tuple[float, float]) -> np.ndarray:
   """RGB float32 [3] in [0, 255] from a random hue and the given saturation/value ranges."""
   h, s, v = rng.uniform(0, 6), rng.uniform(*sat), rng.uniform(*val)
-  rgb = np.clip(np.abs((h + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)
-  return (4 + 247 * v * (1 - s + s * rgb)).astype(np.float32)
+  return _hsv_colour(h, s, v)
+
+
+# class_colours: class c owns the hue band centre 6c/7 ± _CLASS_HUE_JITTER (circle = 6), so
+# neighbouring bands stay apart.
+_CLASS_HUE_JITTER = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +279,8 @@ class _Instance:
 
 
 def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: int, height: int,
-                     short: int) -> _Instance:
+                     short: int, colour_rng: np.random.Generator | None = None) -> _Instance:
+  """One instance; ``colour_rng`` (class_colours) draws its class-band main colour."""
   anchor_t = int(rng.integers(0, length))
   anchor = np.array([rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height])
   # A third of the objects cross the frame quickly, so they enter or leave within the video.
@@ -274,7 +289,8 @@ def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: i
   # Pairs of clearly different colours (hue + value) so stripes/dots/checker stay visible.
   colours = np.stack([_random_colour(rng, (0.45, 1.0), (0.55, 1.0)),
                       _random_colour(rng, (0.3, 1.0), (0.15, 0.6))])
-  if rng.random() < 0.5:
+  swapped = rng.random() < 0.5
+  if swapped:
     colours = colours[::-1]
   # Grow or shrink up to ~2x over a long video, but keep the radius in [0.06, 0.3] x short side
   # so that objects stay learnable at ~128 px and never fill the frame.
@@ -282,7 +298,7 @@ def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: i
   span = max(length - 1, 1)
   log_r_rate = float(np.clip(rng.uniform(-0.012, 0.012), (math.log(0.06 * short) - log_r0) / span,
                              (math.log(0.3 * short) - log_r0) / span))
-  return _Instance(
+  instance = _Instance(
       shape=shape, anchor_t=anchor_t, anchor=anchor,
       velocity=speed * np.array([math.cos(heading), math.sin(heading)]),
       accel=rng.normal(0, 0.0003 * short, 2),
@@ -299,6 +315,15 @@ def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: i
       tex_period=float(rng.uniform(0.3, 0.6)),
       tex_angle=float(rng.uniform(0, np.pi)),
   )
+  if colour_rng is not None:
+    # Its own stream, so everything else equals the shape-only variant.
+    hue = (6.0 * shape / len(SHAPES)
+           + colour_rng.uniform(-_CLASS_HUE_JITTER, _CLASS_HUE_JITTER)) % 6
+    main = _hsv_colour(hue, colour_rng.uniform(0.6, 1.0), colour_rng.uniform(0.6, 1.0))
+    # Slot 0 is what a plain texture shows; the dark second colour stays.
+    secondary = colours[0] if swapped else colours[1]
+    instance = dataclasses.replace(instance, colours=np.stack([main, secondary]))
+  return instance
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -407,7 +432,7 @@ class VideoScene:
 
 
 def sample_scene(seed: int, split: str, index: int, min_frames: int = 8, max_frames: int = 60,
-                 short_side: int = 240) -> VideoScene:
+                 short_side: int = 240, class_colours: bool = False) -> VideoScene:
   """The scene of video ``index`` of ``split``; independent of every other video."""
   rng = _rng(seed, split, index, 0)
   aw, ah = ASPECTS[int(rng.integers(len(ASPECTS)))]
@@ -418,7 +443,9 @@ def sample_scene(seed: int, split: str, index: int, min_frames: int = 8, max_fra
   # A small pool of classes per video makes several instances of one class common.
   pool = rng.choice(len(SHAPES), size=int(rng.integers(1, num + 1)), replace=False)
   shapes = np.concatenate([pool, rng.choice(pool, size=num - pool.size)])
-  instances = tuple(_sample_instance(rng, int(s), length, width, height, short_side)
+  colour_rng = _rng(seed, split, index, 2) if class_colours else None
+  instances = tuple(_sample_instance(rng, int(s), length, width, height, short_side,
+                                     colour_rng)
                     for s in rng.permutation(shapes))
   return VideoScene(seed=seed, split=split, index=index, height=height, width=width,
                     length=length, instances=instances, back_to_front=rng.permutation(num))
@@ -428,12 +455,12 @@ def sample_scene(seed: int, split: str, index: int, min_frames: int = 8, max_fra
 
 def _write_split(out_dir: str, split: str, num_videos: int, seed: int, min_frames: int,
                  max_frames: int, short_side: int, occlusion_labels: bool,
-                 rle: str) -> dict[str, int]:
+                 rle: str, class_colours: bool = False) -> dict[str, int]:
   """Writes ``<split>.json`` and its frames; returns counts for the summary."""
   videos, annotations = [], []
   num_frames = 0
   for index in range(num_videos):
-    scene = sample_scene(seed, split, index, min_frames, max_frames, short_side)
+    scene = sample_scene(seed, split, index, min_frames, max_frames, short_side, class_colours)
     name = f"vid_{index:04d}"
     frame_dir = os.path.join(out_dir, split, "JPEGImages", name)
     os.makedirs(frame_dir, exist_ok=True)
@@ -490,8 +517,10 @@ def _write_split(out_dir: str, split: str, num_videos: int, seed: int, min_frame
 
 
 def _params(num_train_videos: int, num_valid_videos: int, seed: int, min_frames: int,
-            max_frames: int, short_side: int, occlusion_labels: bool, rle: str) -> dict[str, Any]:
-  return {"version": VERSION, "num_train_videos": int(num_train_videos),
+            max_frames: int, short_side: int, occlusion_labels: bool, rle: str,
+            class_colours: bool = False) -> dict[str, Any]:
+  return {"version": VERSION, "class_colours": bool(class_colours),
+          "num_train_videos": int(num_train_videos),
           "num_valid_videos": int(num_valid_videos), "seed": int(seed),
           "min_frames": int(min_frames), "max_frames": int(max_frames),
           "short_side": int(short_side), "occlusion_labels": bool(occlusion_labels), "rle": rle}
@@ -499,7 +528,7 @@ def _params(num_train_videos: int, num_valid_videos: int, seed: int, min_frames:
 
 def _generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: int,
               min_frames: int, max_frames: int, short_side: int, occlusion_labels: bool,
-              rle: str) -> dict[str, int]:
+              rle: str, class_colours: bool = False) -> dict[str, int]:
   if not 1 <= min_frames <= max_frames:
     raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
   if short_side < 16:
@@ -515,11 +544,11 @@ def _generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: 
   total = {"videos": 0, "frames": 0, "instances": 0}
   for split, num in zip(SPLITS, (num_train_videos, num_valid_videos), strict=True):
     counts = _write_split(out_dir, split, num, seed, min_frames, max_frames, short_side,
-                          occlusion_labels, rle)
+                          occlusion_labels, rle, class_colours)
     total = {k: total[k] + counts[k] for k in total}
   # Written last: its presence means the dataset is complete.
   params = _params(num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-                   short_side, occlusion_labels, rle)
+                   short_side, occlusion_labels, rle, class_colours)
   with open(os.path.join(out_dir, "params.json"), "w") as f:
     json.dump(params, f, indent=1, sort_keys=True)
   return total
@@ -527,7 +556,8 @@ def _generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: 
 
 def generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: int,
              min_frames: int = 8, max_frames: int = 60, short_side: int = 240,
-             occlusion_labels: bool = False, rle: str = "uncompressed") -> None:
+             occlusion_labels: bool = False, rle: str = "uncompressed",
+             class_colours: bool = False) -> None:
   """Writes the dataset (both splits, frames, jsons, params.json) into ``out_dir``.
 
   Args:
@@ -539,9 +569,10 @@ def generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: i
     occlusion_labels: add the OVIS per-frame ``occlusion`` list to every annotation.
     rle: ``"uncompressed"`` (counts as a list of ints, as the released YTVIS json) or
       ``"compressed"`` (counts as a COCO string).
+    class_colours: the main colour's hue is in a band of the class (module docstring).
   """
   _generate(out_dir, num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-            short_side, occlusion_labels, rle)
+            short_side, occlusion_labels, rle, class_colours)
 
 
 def _read_params(root: str) -> dict[str, Any] | None:
@@ -554,7 +585,7 @@ def _read_params(root: str) -> dict[str, Any] | None:
 
 def ensure_dataset(root: str, num_train_videos: int, num_valid_videos: int, seed: int,
                    min_frames: int, max_frames: int, short_side: int,
-                   occlusion_labels: bool) -> str:
+                   occlusion_labels: bool, class_colours: bool = False) -> str:
   """Makes sure ``root`` holds the dataset for these parameters; returns ``root``.
 
   The dataset is generated next to ``root`` and renamed into place, so an interrupted run never
@@ -566,7 +597,7 @@ def ensure_dataset(root: str, num_train_videos: int, num_valid_videos: int, seed
   """
   root = os.path.abspath(os.path.expanduser(root))
   params = _params(num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-                   short_side, occlusion_labels, "uncompressed")
+                   short_side, occlusion_labels, "uncompressed", class_colours)
   if _read_params(root) == params:
     return root
   parent, base = os.path.split(root)
@@ -588,7 +619,7 @@ def ensure_dataset(root: str, num_train_videos: int, num_valid_videos: int, seed
       tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
       try:
         _generate(tmp, num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-                  short_side, occlusion_labels, "uncompressed")
+                  short_side, occlusion_labels, "uncompressed", class_colours)
         if os.path.lexists(root):
           # Parked under a tmp- name, so the stale-cleanup above removes it after a crash.
           parking = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
@@ -618,11 +649,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--occlusion-labels", action="store_true",
                       help="add OVIS-style per-frame occlusion labels")
   parser.add_argument("--rle", choices=("uncompressed", "compressed"), default="uncompressed")
+  parser.add_argument("--class-colours", action="store_true",
+                      help="main colour hue in a band of the class (default: shape only)")
   args = parser.parse_args(argv)
   valid = max(1, args.videos // 6) if args.valid_videos is None else args.valid_videos
   start = time.perf_counter()
   counts = _generate(args.out, args.videos, valid, args.seed, args.min_frames, args.max_frames,
-                     args.short_side, args.occlusion_labels, args.rle)
+                     args.short_side, args.occlusion_labels, args.rle, args.class_colours)
   print(f"synthetic: {counts['videos']} videos ({args.videos} train + {valid} valid), "
         f"{counts['frames']} frames, {counts['instances']} instances, "
         f"{time.perf_counter() - start:.1f} s -> {args.out}")

@@ -447,3 +447,26 @@ def test_cli_prints_summary(tmp_path, capsys):
   assert all("occlusion" in a for a in valid["annotations"])
   with open(os.path.join(out, "params.json")) as f:
     assert json.load(f)["num_valid_videos"] == 1
+
+
+def test_class_colours_put_the_main_hue_in_the_class_band():
+  """``class_colours``: every instance's main colour has a hue within ±0.25 (circle = 6) of
+  6c/7 for its class c (measured with colorsys), and nothing else about the scene changes."""
+  import colorsys
+  seen = set()
+  for index in range(12):
+    plain = synthetic.sample_scene(0, "train", index)
+    cued = synthetic.sample_scene(0, "train", index, class_colours=True)
+    assert len(plain.instances) == len(cued.instances)
+    for a, b in zip(plain.instances, cued.instances, strict=True):
+      assert a.shape == b.shape and a.pose(3) == b.pose(3) and a.texture == b.texture
+      # The main colour goes to slot 0 (what a plain texture shows), the dark one stays.
+      assert any(np.array_equal(b.colours[1], c) for c in a.colours)
+      assert not any(np.array_equal(b.colours[0], c) for c in a.colours)
+      r, g, bl = (b.colours[0] - 4) / 247
+      hue = colorsys.rgb_to_hsv(r, g, bl)[0] * 6
+      centre = 6 * b.shape / len(synthetic.SHAPES)
+      distance = min(abs(hue - centre), 6 - abs(hue - centre))
+      assert distance <= 0.25 + 1e-3, (b.shape, hue)
+      seen.add(b.shape)
+  assert len(seen) >= 5

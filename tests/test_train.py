@@ -235,6 +235,16 @@ def test_merge_params_report():
   np.testing.assert_array_equal(merged["b"]["w"], np.zeros((4,)))
   assert report.loaded == ["a/w"] and report.missing == ["c"] and report.unexpected == ["d"]
   assert report.mismatched == ["b/w (5,) vs (4,)"]
+  # --config.init_from_prefix: an image model's tree loaded under VITA's "detector".
+  nested, report = checkpointing.merge_params(
+      {"detector": initial, "vita": {"q": np.zeros(3)}},
+      checkpointing.nest_under(loaded, "detector"))
+  np.testing.assert_array_equal(nested["detector"]["a"]["w"], np.ones((2, 3)))
+  assert report.loaded == ["detector/a/w"]
+  assert sorted(report.missing) == ["detector/c", "vita/q"]
+  assert report.unexpected == ["detector/d"]
+  assert checkpointing.nest_under({"x": 1}, "") == {"x": 1}
+  assert checkpointing.nest_under({"x": 1}, "a/b") == {"a": {"b": {"x": 1}}}
 
 
 def test_eval_modes_refuse_a_model_without_video_inference(tmp_path):

@@ -431,6 +431,40 @@ def test_shift_in_training_uses_the_inference_schedule(model, inference):
   assert np.abs(np.asarray(plain_train) - np.asarray(encode(shifting, True))).max() > 1e-3
 
 
+def test_permuted_tokens_with_their_slots_equal_the_reference(model, inference):
+  """Token pruning plumbing: tokens reordered per frame, with ``query_slots`` naming each
+  token's detector slot, give the PyTorch reference's outputs for the original order (the
+  encoder has no positions and the decoder's key position follows the slot)."""
+  fq, pix, _, ref = inference
+  perm = np.stack([np.random.default_rng(t).permutation(QF) for t in range(8)])  # [T, Qf]
+  fq_perm = np.take_along_axis(fq, perm[None, None, :, :, None], axis=3)
+  out = jax.jit(lambda p, a, b, s: model["module"].apply(p, a, b, train=False, query_slots=s))(
+      model["params"], fq_perm, pix, perm[None].astype(np.int32))
+  _compare(out, ref)
+  # Half the tokens, slots given: runs, and differs from the full set.
+  half = jax.jit(lambda p, a, b, s: model["module"].apply(p, a, b, train=False, query_slots=s))(
+      model["params"], fq_perm[:, :, :, :QF // 2], pix, perm[None, :, :QF // 2].astype(np.int32))
+  assert half["pred_logits"].shape == out["pred_logits"].shape
+  assert np.abs(np.asarray(half["pred_logits"]) - ref["pred_logits"]).max() > 1e-3
+  with pytest.raises(ValueError, match="query_slots"):
+    model["module"].apply(model["params"], fq, pix, train=False,
+                          query_slots=np.zeros((1, 8, QF - 1), np.int32))
+
+
+def test_prune_frame_queries_keeps_lowest_no_object():
+  from vis_jax.models.vita_model import prune_frame_queries
+  queries = np.arange(2 * 4 * 1, dtype=np.float32).reshape(2, 4, 1)
+  no_object = np.array([[0.9, 0.1, 0.5, 0.1],     # ties keep the lower slot first
+                        [0.2, 0.8, 0.05, 0.6]])
+  kept, slots = prune_frame_queries(queries, no_object, 0.5)
+  np.testing.assert_array_equal(slots, [[1, 3], [2, 0]])
+  np.testing.assert_array_equal(kept[..., 0], [[1, 3], [6, 4]])
+  _, slots = prune_frame_queries(queries, no_object, 0.1)   # at least one query per frame
+  np.testing.assert_array_equal(slots, [[1], [2]])
+  with pytest.raises(ValueError, match="token_keep_ratio"):
+    prune_frame_queries(queries, no_object, 0.0)
+
+
 # ---- losses ----------------------------------------------------------------------------------
 
 

@@ -79,3 +79,63 @@ def test_inference_vita_chunking_agrees(vita_setup):
   for a, b in zip(dense, chunked, strict=True):
     assert a["label"] == b["label"]
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
+
+
+def test_token_pruning_at_inference(vita_setup):
+  """``token_keep_ratio``: keeping every query (in no-object order, through the pruning path)
+  reproduces the unpruned predictions; keeping half changes them."""
+  full = _predict(vita_setup, length_bucket=1)
+  reordered = _predict(vita_setup, length_bucket=1, token_keep_ratio=0.99)
+  half = _predict(vita_setup, length_bucket=1, token_keep_ratio=0.5)
+  for a, b in zip(full, reordered, strict=True):
+    assert a["label"] == b["label"]
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
+  assert len(half) == len(full)
+  assert max(abs(a["score"] - b["score"]) for a, b in zip(full, half, strict=True)) > 1e-4
+
+
+def test_frozen_detector_leaves_detector_bit_identical():
+  """``model.vita.freeze_detector``: two optimizer steps (the trainer's optimizer construction)
+  change VITA's parameters and leave every detector parameter bit-identical; the detector gets
+  exactly zero gradient (no backward pass through it)."""
+  from vis_jax import optim
+
+  config = importlib.import_module("configs.vita_synthetic").get_config("smoke")
+  with config.unlocked():
+    config.model.vita.freeze_detector = True
+    config.optim.warmup_steps = 0
+  bundle = registry.get_bundle(config)
+  assert bundle.frozen_patterns() == (r"^detector/",)
+  b, g, t, h, w = 1, 2, config.input.num_frames, 64, 64
+  masks = np.zeros((b, g, t, h, w), bool)
+  masks[0, 0, :, 8:30, 10:28] = True
+  masks[0, 1, :, 36:60, 30:58] = True
+  batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 255, (b, t, h, w, 3)),
+                                 jnp.uint8),
+           "image_valid": jnp.ones((b, h, w), bool), "masks": jnp.asarray(masks),
+           "labels": jnp.array([[1, 3]]), "present": jnp.ones((b, g, t), bool),
+           "instance_valid": jnp.ones((b, g), bool), "track_ids": jnp.array([[5, 9]])}
+  params, model_state = bundle.init(jax.random.key(0), batch)
+  assert set(params) == {"detector", "vita"}
+  tx, _ = optim.make_optimizer(optim.with_frozen_patterns(config.optim, bundle.frozen_patterns()),
+                               params, 10)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    (_, metrics), grads = jax.value_and_grad(bundle.loss, has_aux=True)(
+        params, model_state, batch, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree_util.tree_map(jnp.add, params, updates), opt_state, grads, metrics
+
+  new, opt_state = params, tx.init(params)
+  for i in range(2):
+    new, opt_state, grads, metrics = step(new, opt_state, jax.random.key(i))
+    assert np.isfinite(float(metrics["loss_total"]))
+  for leaf in jax.tree_util.tree_leaves(grads["detector"]):
+    assert not np.any(np.asarray(leaf))
+  same = jax.tree_util.tree_map(lambda a, c: np.array_equal(np.asarray(a), np.asarray(c)),
+                                params["detector"], new["detector"])
+  assert all(jax.tree_util.tree_leaves(same))
+  changed = jax.tree_util.tree_map(lambda a, c: not np.array_equal(np.asarray(a), np.asarray(c)),
+                                   params["vita"], new["vita"])
+  assert sum(jax.tree_util.tree_leaves(changed)) > 0.9 * len(jax.tree_util.tree_leaves(changed))

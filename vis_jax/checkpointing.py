@@ -150,6 +150,13 @@ class MergeReport:
     return "; ".join(lines)
 
 
+def nest_under(tree: Any, prefix: str) -> Any:
+  """``tree`` placed at path ``prefix`` ("a/b" → ``{"a": {"b": tree}}``); "" → unchanged."""
+  for key in reversed([k for k in prefix.split("/") if k]):
+    tree = {key: tree}
+  return tree
+
+
 def merge_params(initial: Any, loaded: Any) -> tuple[Any, MergeReport]:
   """Takes every tensor of ``loaded`` whose path and shape match ``initial``; keeps the rest.
 

@@ -75,6 +75,16 @@ def learning_rate_schedule(cfg: ConfigDict, num_train_steps: int) -> optax.Sched
   return schedule
 
 
+def with_frozen_patterns(cfg: ConfigDict, patterns: Sequence[str]) -> ConfigDict:
+  """``cfg`` with ``patterns`` appended to ``frozen_patterns`` (e.g. a model's frozen parts)."""
+  if not patterns:
+    return cfg
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    out.frozen_patterns = tuple(cfg.frozen_patterns) + tuple(patterns)
+  return out
+
+
 def make_optimizer(cfg: ConfigDict, params: Any, num_train_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the full optimizer for ``params`` (a concrete or abstract pytree).

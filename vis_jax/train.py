@@ -133,6 +133,11 @@ def _initialise_from(state: TrainState, sharding: Any, config: common.ConfigDict
   """Overwrites freshly initialised params/model state with ``config.init_from`` where paths
   and shapes match, and reports what was (not) loaded."""
   loaded_params, loaded_state = checkpointing.load_inference_params(config.init_from)
+  if config.init_from_prefix:
+    # e.g. "detector": a Mask2Former image model's tensors become VITA's frame detector.
+    loaded_params = checkpointing.nest_under(loaded_params, config.init_from_prefix)
+    loaded_state = {col: checkpointing.nest_under(tree, config.init_from_prefix)
+                    for col, tree in dict(loaded_state or {}).items()}
   host = jax.device_get((state.params, state.model_state))
   params, report = checkpointing.merge_params(host[0], loaded_params)
   model_state, state_report = checkpointing.merge_params(host[1], loaded_state)
@@ -221,7 +226,8 @@ def train(config: common.ConfigDict, workdir: str, mode: str = "train") -> dict[
   dummy = _dummy_batch(info, bundle.batch_keys)
   base_rng = jax.random.key_data(jax.random.key(config.seed))
   abstract_params = jax.eval_shape(lambda: bundle.init(jax.random.key(0), dummy)[0])
-  tx, schedule = optim.make_optimizer(config.optim, abstract_params, config.num_train_steps)
+  optim_cfg = optim.with_frozen_patterns(config.optim, bundle.frozen_patterns())
+  tx, schedule = optim.make_optimizer(optim_cfg, abstract_params, config.num_train_steps)
   init_fn = make_init_fn(bundle, tx, dummy)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract_state = jax.eval_shape(init_fn, base_rng)
@@ -230,7 +236,7 @@ def train(config: common.ConfigDict, workdir: str, mode: str = "train") -> dict[
   batch_sharding = parallel.batch_sharding(mesh, config.sharding.batch_axes)
   replicated = jax.sharding.NamedSharding(mesh, jax.P())
   if is_main:
-    counts = optim.group_summary(abstract_params, config.optim)
+    counts = optim.group_summary(abstract_params, optim_cfg)
     logging.info("parameters per optimizer group: %s (total %d)", counts, sum(counts.values()))
 
   # ---- restore or initialise ---------------------------------------------------------------

@@ -42,6 +42,10 @@ class ModelBundle(abc.ABC):
            ) -> tuple[jax.Array, Metrics]:
     """Scalar training loss (fp32) and named scalar metrics, for a (micro-)batch."""
 
+  def frozen_patterns(self) -> tuple[str, ...]:
+    """Parameter-path regexes the model itself freezes (added to ``optim.frozen_patterns``)."""
+    return ()
+
   def predict_video(self, params: Any, model_state: Any, video: Any) -> list[dict[str, Any]]:
     """Predictions for one whole video (``input_pipeline.pipeline.EvalVideo``).
 

@@ -56,6 +56,8 @@ Config (``cfg``, ``default_config()``; official values in brackets):
     width ``in_channels`` (None = hidden_dim) differs [True / 256].
   deep_supervision: predict after every decoder layer in training [True].
   use_sim / sim_use_clip: create ``sim_embed_frame`` / ``sim_embed_clip`` [True / True].
+  freeze_detector: train VITA on a frozen frame detector (paper Table 7; read by
+    ``vita_model``: no gradient into and no update of ``detector/*``) [False].
 
 Official keys → parameters (``vis_jax/convert_vita.py``). ``Linear.weight [out, in]`` →
 ``kernel [in, out]`` (transpose); LayerNorm ``weight`` → ``scale``; MHA ``in_proj_weight [3C, C]``
@@ -119,7 +121,7 @@ _DEFAULTS = dict(
     enc_window_size=6, num_object_queries=100, shift_in_training=False, last_layer_num=3,
     dropout=0.0, kv_chunk=0, enc_window_chunk=0, mask_dim=256, pre_norm=False,
     enforce_input_proj=True, in_channels=None, deep_supervision=True, use_sim=True,
-    sim_use_clip=True)
+    sim_use_clip=True, freeze_detector=False)
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -382,13 +384,15 @@ class VITAModule(nn.Module):
   # -- decoder ---------------------------------------------------------------------------------
 
   def decode(self, memory: jax.Array, n_valid: jax.Array | None = None,
-             train: bool = False) -> list[jax.Array]:
+             train: bool = False, query_slots: jax.Array | None = None) -> list[jax.Array]:
     """Object decoder over the encoded tokens.
 
     Args:
       memory: ``[N, T, Qf, C]`` encoder output.
       n_valid: int ``[N]`` real frames (padded frames are not attended), None = all.
       train: predict after every layer if ``deep_supervision`` (else only the last), dropout.
+      query_slots: int ``[N, T, Qf]`` frame-query slot of each token (pruned tokens), None =
+        token ``q`` of every frame is slot ``q``.
 
     Returns:
       ``decoder_norm`` outputs ``[N, Nv, C]`` of the kept layers, last layer last.
@@ -397,7 +401,10 @@ class VITAModule(nn.Module):
     n, t, qf, c = memory.shape
     mem = memory.reshape(n, t * qf, c)
     # Frame-query slot positions, identical in every frame (no temporal position).
-    pos = jnp.tile(self.fq_pos_embed.embedding, (t, 1))[None].astype(self.dtype)
+    if query_slots is None:
+      pos = jnp.tile(self.fq_pos_embed.embedding, (t, 1))[None].astype(self.dtype)
+    else:
+      pos = self.fq_pos_embed.embedding[query_slots.reshape(n, t * qf)].astype(self.dtype)
     key_valid = None
     if n_valid is not None:
       key_valid = jnp.repeat(jnp.arange(t)[None, :] < n_valid[:, None], qf, axis=1)
@@ -430,7 +437,8 @@ class VITAModule(nn.Module):
                       mask_features.astype(mask_embed.dtype))
 
   def __call__(self, frame_queries: jax.Array, pixel_features: jax.Array | None = None, *,
-               train: bool = False, frame_valid: jax.Array | None = None) -> dict[str, Any]:
+               train: bool = False, frame_valid: jax.Array | None = None,
+               query_slots: jax.Array | None = None) -> dict[str, Any]:
     """Video-level predictions.
 
     Args:
@@ -441,6 +449,9 @@ class VITAModule(nn.Module):
         Needed at ``init`` to create ``vita_mask_features``.
       train: training behaviour (all decoder layers predicted, plain windows, dropout).
       frame_valid: bool ``[B, T]``, True for the real frames (a prefix per clip), or None.
+      query_slots: int ``[B, T, Qk]`` with ``frame_queries [.., Qk, C_in]``, ``Qk ≤ Qf``: the
+        detector slot of every kept frame query (token pruning, paper Table 6; the slot
+        selects the ``fq_pos`` key embedding), or None (all ``Qf`` slots in order).
 
     Returns:
       ``pred_logits [L, B, Nv, K+1]``, ``pred_mask_embed [L, B, Nv, mask_dim]``,
@@ -454,14 +465,19 @@ class VITAModule(nn.Module):
     if not train:
       frame_queries = frame_queries[-1:]
     n_l, b, t, qf, _ = frame_queries.shape
-    if qf != self.num_frame_queries:
+    if query_slots is None and qf != self.num_frame_queries:
       raise ValueError(f"got {qf} frame queries, fq_pos has {self.num_frame_queries}")
+    if query_slots is not None and (query_slots.shape != (b, t, qf)
+                                    or qf > self.num_frame_queries):
+      raise ValueError(f"query_slots {query_slots.shape} must be [B, T, Qk] = {(b, t, qf)} "
+                       f"with Qk <= {self.num_frame_queries}")
     x = frame_queries.reshape(n_l * b, t, qf, frame_queries.shape[-1])
     n_valid = None
     if frame_valid is not None:
       n_valid = jnp.tile(jnp.sum(frame_valid.astype(jnp.int32), axis=1), n_l)
+    slots = None if query_slots is None else jnp.tile(query_slots, (n_l, 1, 1))
     memory = self.encode(x, n_valid, train)
-    kept = self.decode(memory, n_valid, train)
+    kept = self.decode(memory, n_valid, train, slots)
     mask_features = (None if pixel_features is None
                      else self.project_mask_features(pixel_features))
     nv = int(self.cfg.num_object_queries)

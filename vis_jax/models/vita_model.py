@@ -14,6 +14,8 @@ through the object tokens (``Qf·C`` floats per frame):
      ``frame_valid``, so videos of similar length share one compilation; the decoder's
      cross-attention runs over key chunks and the encoder over groups of windows,
      ``inference.vita_kv_chunk`` / ``vita_enc_window_chunk``);
+     With ``inference.token_keep_ratio = r < 1`` only the ``r·Qf`` frame queries of each frame
+     with the lowest no-object probability are kept (token pruning, paper Table 6);
   3. top-k (query, class) pairs, then the chosen queries' masks chunk by chunk from VITA's mask
      features — recomputed by a second backbone + pixel-decoder pass
      (``inference.mask_features = "recompute"``), or kept on the host from pass 1 (``"keep"``,
@@ -22,6 +24,10 @@ through the object tokens (``Qf·C`` floats per frame):
 
 ``config.model`` = the Mask2Former keys (``mask2former_model.default_config()``) plus ``vita``
 (``vita.default_config()``) and ``inference`` (``default_inference_config()``).
+
+Frozen-detector mode (``model.vita.freeze_detector``, paper Table 7): the detector's outputs are
+``stop_gradient``-ed and its parameters (``detector/*``) added to the optimizer's frozen
+patterns, so only VITA trains — typically after ``--config.init_from`` a trained detector.
 """
 
 from __future__ import annotations
@@ -56,7 +62,30 @@ def default_inference_config() -> ConfigDict:
   decoder attention or all encoder windows' attention and FFN at once (same results).
   """
   return ConfigDict(dict(chunk_size=18, top_k=10, length_bucket=16, mask_features="auto",
-                         keep_max_frames=36, vita_kv_chunk=2048, vita_enc_window_chunk=8))
+                         keep_max_frames=36, vita_kv_chunk=2048, vita_enc_window_chunk=8,
+                         token_keep_ratio=1.0))
+
+
+def prune_frame_queries(queries: np.ndarray, no_object_prob: np.ndarray, ratio: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Token pruning (paper §4.4, Table 6): per frame, the ``round(ratio·Qf)`` frame queries
+  with the lowest "no object" probability (at least one).
+
+  Args:
+    queries: ``[T, Qf, C]`` frame queries.
+    no_object_prob: ``[T, Qf]`` the detector's no-object probability of each query.
+    ratio: ``r`` in (0, 1].
+
+  Returns:
+    ``(kept [T, k, C], slots [T, k])``: kept queries in ascending no-object order (ties: lower
+    slot first) and their detector slots.
+  """
+  if not 0.0 < ratio <= 1.0:
+    raise ValueError(f"config.model.inference.token_keep_ratio must be in (0, 1], got {ratio}")
+  qf = queries.shape[1]
+  k = max(1, int(round(ratio * qf)))
+  slots = np.argsort(no_object_prob, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(queries, slots[..., None], axis=1), slots.astype(np.int32)
 
 
 class VitaModel(nn.Module):
@@ -86,7 +115,13 @@ class VitaModel(nn.Module):
     b, t = images.shape[:2]
     frames = images.reshape(b * t, *images.shape[2:])
     valid = jnp.repeat(image_valid, t, axis=0)
-    out = self.detector(frames, valid, train)
+    frozen = bool(vita.config_value(self.vita_cfg, "freeze_detector"))
+    # A frozen detector runs as at inference (no stochastic depth) and, through
+    # stop_gradient, costs no backward pass; its frame loss is still computed for the
+    # similarity loss's frame-level matches and for logging.
+    out = self.detector(frames, valid, train and not frozen)
+    if frozen:
+      out = jax.lax.stop_gradient(out)
     n_layers = int(self.vita_cfg.last_layer_num) if train else 1
     queries = out["query_features"][-n_layers:]
     queries = queries.reshape(n_layers, b, t, *queries.shape[2:])
@@ -96,20 +131,27 @@ class VitaModel(nn.Module):
 
   # ---- inference pieces (each jitted separately by the bundle) ------------------------------
 
-  def frame_queries(self, frames: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def frame_queries(self, frames: jax.Array, valid: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``[n, H, W, 3]`` → (last-layer frame queries ``[n, Qf, C]``, VITA mask features
-    ``[n, h, w, D]``)."""
+    ``[n, h, w, D]``, the detector's no-object probabilities ``[n, Qf]``)."""
     out = self.detector(frames, valid)
-    return out["query_features"][-1], self.vita.project_mask_features(out["pre_mask_features"])
+    no_object = jax.nn.softmax(out["pred_logits"].astype(jnp.float32), axis=-1)[..., -1]
+    return (out["query_features"][-1], self.vita.project_mask_features(out["pre_mask_features"]),
+            no_object)
 
   def mask_features(self, frames: jax.Array, valid: jax.Array) -> jax.Array:
     """Backbone + pixel decoder only → VITA mask features ``[n, h, w, D]``."""
     pix = self.detector.pixel_features(frames, valid)
     return self.vita.project_mask_features(pix["pre_mask_features"])
 
-  def video_predictions(self, queries: jax.Array, frame_valid: jax.Array) -> dict[str, Any]:
-    """``[T, Qf, C]`` frame queries (+ ``[T]`` validity) → VITA outputs for one video."""
-    return self.vita(queries[None, None], None, train=False, frame_valid=frame_valid[None])
+  def video_predictions(self, queries: jax.Array, frame_valid: jax.Array,
+                        query_slots: jax.Array | None = None) -> dict[str, Any]:
+    """``[T, Qk, C]`` frame queries (+ ``[T]`` validity, ``[T, Qk]`` detector slots when
+    pruned) → VITA outputs for one video."""
+    slots = None if query_slots is None else query_slots[None]
+    return self.vita(queries[None, None], None, train=False, frame_valid=frame_valid[None],
+                     query_slots=slots)
 
 
 class Vita(ModelBundle):
@@ -125,6 +167,13 @@ class Vita(ModelBundle):
                             dtype=detector.dtype)
     self.loss_cfg = criterion_config(config)
     self.inference = config.model.inference
+
+  def frozen_patterns(self) -> tuple[str, ...]:
+    # Frozen-detector mode (paper Table 7): everything outside ``vita`` (the VITA module,
+    # including its own ``vita_mask_features`` projection) keeps its initial values.
+    if vita.config_value(self.config.model.vita, "freeze_detector"):
+      return (r"^detector/",)
+    return ()
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
     params_key, dropout_key = jax.random.split(rng)
@@ -181,10 +230,15 @@ class Vita(ModelBundle):
     keep = cfg.mask_features == "keep" or (
         cfg.mask_features == "auto" and video.length <= int(cfg.keep_max_frames))
 
-    queries, kept_features = [], []
+    ratio = float(cfg.get("token_keep_ratio", 1.0))
+    queries, slots, kept_features = [], [], []
     for part in pipeline.iter_frame_chunks(video, chunk, pad_last=True):
-      q, feats = fns["frame_queries"](variables, part.images, valid)
-      queries.append(np.asarray(q[:part.num_valid], np.float32))
+      q, feats, no_object = fns["frame_queries"](variables, part.images, valid)
+      q = np.asarray(q[:part.num_valid], np.float32)
+      if ratio < 1.0:
+        q, s = prune_frame_queries(q, np.asarray(no_object[:part.num_valid]), ratio)
+        slots.append(s)
+      queries.append(q)
       if keep:
         kept_features.append(feats)
     queries = np.concatenate(queries)
@@ -192,7 +246,12 @@ class Vita(ModelBundle):
     bucket = max(int(cfg.length_bucket), 1)
     padded_t = -(-t // bucket) * bucket
     queries = np.pad(queries, ((0, padded_t - t), (0, 0), (0, 0)))
-    out = fns["video"](variables, queries, np.arange(padded_t) < t)
+    if slots:
+      # Padded frames are never attended; their slots only need to be valid indices.
+      slot_array = np.pad(np.concatenate(slots), ((0, padded_t - t), (0, 0)))
+      out = fns["video"](variables, queries, np.arange(padded_t) < t, slot_array)
+    else:
+      out = fns["video"](variables, queries, np.arange(padded_t) < t)
 
     scores, labels, query_index = postprocess.select_topk(out["pred_logits"][0, 0],
                                                           int(cfg.top_k))

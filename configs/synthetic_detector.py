@@ -1,0 +1,49 @@
+"""Stage 1 of the synthetic recipes: the small frame detector as an image Mask2Former.
+
+The official VITA and Mask2Former-VIS recipes start from a Mask2Former trained on COCO images.
+No pretrained weights exist for the CPU-sized detector of ``configs/small_detector.py``, so this
+config trains it from scratch on single frames of the synthetic training videos (image mode,
+``T = 1``); ``configs/vita_synthetic.py`` then starts VITA's frame detector from its export
+(``--config.init_from=DIR --config.init_from_prefix=detector``), as ``make run`` does.
+Frames are augmented and sized as in ``vita_synthetic.py``; the detector's class loss weight is
+10 (official 2; see ``vita_synthetic.py``). Variant: ``:smoke``.
+"""
+
+from configs import common, datasets, small_detector
+
+
+def get_config(arg: str | None = None) -> common.ConfigDict:
+  args = common.parse_arg(arg, smoke=False)
+  c = common.base_config()
+  datasets.apply(c, "synthetic")
+  c.model_name = "mask2former"
+  c.model = small_detector.small_detector_config(1, 3)
+  c.loss.num_points = 512
+  c.loss.class_weight = 10.0
+
+  c.batch_size = 8
+  c.input.num_frames = 1
+  c.input.sampling_frame_range = 0
+  c.input.min_size_train = (96, 112, 128)
+  c.input.max_size_train = 160
+  c.input.crop = common.ConfigDict(dict(
+      enabled=True, prob=0.5, resize_min_sizes=(128, 160), resize_max_size=224,
+      min_size=96, max_size=160, moving=False))
+  c.input.size_buckets = ((160, 160),)
+  c.input.max_instances = 8
+  c.input.pseudo.min_size_train = (96, 112, 128)
+  c.input.pseudo.max_size_train = 160
+
+  c.optim.learning_rate = 3e-4
+  c.optim.backbone_multiplier = 1.0
+  c.optim.clip_grad_norm = 1.0
+  c.optim.decay_steps = (1600,)
+  c.optim.warmup_steps = 50
+  c.optim.warmup_factor = 0.01
+  c.num_train_steps = 2000
+  c.checkpoint_every_steps = 500
+  if args.smoke:
+    common.apply_smoke(c)
+    c.input.num_frames = 1
+    c.loss.num_points = 128
+  return c
