@@ -1,0 +1,44 @@
+"""Staged recipes: the VITA stage starts from the detector stage's export; a rerun resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_vita_recipe_two_stages_and_resume(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  command = [sys.executable, "-m", "vis_jax.recipe", "--recipe=vita_synthetic",
+             f"--workdir={tmp_path}", "--variant=smoke", "--detector_steps=2", "--steps=2"]
+  out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+  assert out.returncode == 0, out.stderr[-4000:]
+  # Every detector tensor came from stage 1; only VITA's own parameters were missing.
+  line = next(x for x in out.stderr.splitlines() if x.startswith("init_from "))
+  assert "export: params: loaded" in line
+  missing = line.split("missing", 1)[1] if "missing" in line else ""
+  assert "detector/" not in missing and "vita/" in missing
+  summary = json.load(open(tmp_path / "recipe.json"))
+  assert list(summary["stages"]) == ["detector", "vita"]
+  assert summary["stages"]["detector"]["steps"] == 2
+  assert 0.0 <= summary["stages"]["vita"]["eval"]["AP"] <= 100.0
+  assert json.loads(out.stdout[out.stdout.rindex("{\n"):])["AP"] == summary["stages"]["vita"][
+      "eval"]["AP"]
+
+  again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert again.stdout.count("already complete") == 2
+
+
+def test_unknown_recipe_and_flags_are_refused(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  bad = subprocess.run([sys.executable, "-m", "vis_jax.recipe", "--recipe=nope",
+                        f"--workdir={tmp_path}"], env=env, capture_output=True, text=True)
+  assert bad.returncode != 0 and "unknown recipe 'nope'" in bad.stderr
+  flag = subprocess.run([sys.executable, "-m", "vis_jax.recipe", f"--workdir={tmp_path}",
+                         "--lr=3"], env=env, capture_output=True, text=True)
+  assert flag.returncode != 0 and "--lr=3" in flag.stderr
