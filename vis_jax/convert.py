@@ -20,9 +20,11 @@
 Sources: ``hf_mask2former`` (Hugging Face ``Mask2FormerForUniversalSegmentation``) and
 ``detectron2`` (facebookresearch/Mask2Former, also the frame-level part of M2F-VIS / VITA
 checkpoints), both for ``model_name = "mask2former"`` and ``"mask2former_vis"`` (official M2F-VIS
-checkpoints have the image model's key names). A converter is
+checkpoints have the image model's key names), and ``vita`` (sukjunhwang/VITA checkpoints for
+``model_name = "vita"``: the Mask2Former keys → ``detector/*``, ``vita_module.*`` → ``vita/*``;
+``vita_criterion.empty_weight`` is a known unused buffer). A converter is
 ``fn(state_dict, abstract_params, abstract_state, config) -> Conversion``; new model families
-add an entry to ``CONVERTERS`` (e.g. ``"vita"``).
+add an entry to ``CONVERTERS``.
 """
 
 from __future__ import annotations
@@ -249,9 +251,46 @@ def _mask2former_converter(source: str) -> Converter:
   return convert
 
 
+def _convert_vita(state_dict: Mapping[str, np.ndarray], abstract_params: Mapping[str, Any],
+                  abstract_state: Mapping[str, Any], config: common.ConfigDict) -> Conversion:
+  """Official VITA checkpoints (sukjunhwang/VITA): the detectron2 Mask2Former keys become
+  ``detector/*``, the ``vita_module.*`` keys ``vita/*`` (``convert_vita.py``)."""
+  from vis_jax import convert_vita
+
+  if config.model_name != "vita":
+    raise ValueError(f"--from vita builds model_name 'vita', the config has "
+                     f"{config.model_name!r}")
+  det_state = {col: tree["detector"] for col, tree in dict(abstract_state or {}).items()
+               if "detector" in tree}
+  det_params, det_model_state, report = convert_mask2former(
+      state_dict, abstract_params["detector"], det_state, "official")
+  vita_params, vita_report = convert_vita.vita_params_from_torch(
+      state_dict, config.model.vita, prefix=convert_vita.OFFICIAL_PREFIX,
+      template=abstract_params["vita"])
+  report.converted += len(traverse_util.flatten_dict(vita_params)) if vita_params else 0
+  report.missing += vita_report["missing"] + [
+      f"vita/{p}" for p in vita_report["template_missing"]]
+  report.unexpected += vita_report["unexpected"]
+  report.mismatched += [f"vita/{m}" for m in vita_report["shape_mismatch"]]
+  known = (_BACKBONE_PREFIX["official"], *_HEAD_PREFIXES["official"],
+           convert_vita.OFFICIAL_PREFIX)
+  ignored = _IGNORED_KEYS + (r"^vita_criterion\.empty_weight$",)
+  for key in sorted(state_dict):
+    if key.startswith(known):
+      continue
+    if any(re.search(p, key) for p in ignored):
+      report.ignored.append(key)
+    else:
+      report.unexpected.append(key)
+  params = {"detector": det_params, "vita": vita_params}
+  model_state = {col: {"detector": tree} for col, tree in det_model_state.items()}
+  return Conversion(params, model_state, report)
+
+
 CONVERTERS: dict[str, Converter] = {
     "hf_mask2former": _mask2former_converter("hf"),
     "detectron2": _mask2former_converter("official"),
+    "vita": _convert_vita,
 }
 
 
@@ -278,7 +317,8 @@ def dummy_batch(config: common.ConfigDict, keys: Sequence[str]) -> dict[str, jax
   t, g = inp.num_frames, inp.max_instances
   spec = dict(images=((1, t, h, w, 3), jnp.uint8), image_valid=((1, h, w), jnp.bool_),
               masks=((1, g, t, h, w), jnp.bool_), labels=((1, g), jnp.int32),
-              present=((1, g, t), jnp.bool_), instance_valid=((1, g), jnp.bool_))
+              present=((1, g, t), jnp.bool_), instance_valid=((1, g), jnp.bool_),
+              track_ids=((1, g), jnp.int32))
   return {k: jax.ShapeDtypeStruct(*spec[k]) for k in keys}
 
 

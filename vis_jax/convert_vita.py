@@ -23,6 +23,10 @@ from vis_jax.models.vita import config_value
 Rule = tuple[str, Callable[[np.ndarray], dict[tuple[str, ...], np.ndarray]]]
 
 
+# Key prefix of the VITA module in official checkpoints.
+OFFICIAL_PREFIX = "vita_module."
+
+
 def _np(value: Any) -> np.ndarray:
   if hasattr(value, "detach"):  # torch.Tensor, without importing torch
     value = value.detach().cpu().numpy()

@@ -1,0 +1,115 @@
+"""``python -m vis_jax.convert --from vita``: an official VITA checkpoint → our VITA params.
+
+The checkpoint is assembled from two independent references: a Hugging Face Mask2Former
+(PyTorch) renamed to the official detectron2 keys (the rules of ``tests/test_mask2former_model.py``)
+for the frame detector, and random tensors under the official ``vita_module.*`` names and shapes
+(``tests/test_vita.py::official_state_dict``, written from spec §7.1), plus the criterion
+buffers the official checkpoints carry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from vis_jax import checkpointing, convert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tests import test_mask2former_model as m2f_tests  # noqa: E402
+from tests import test_vita as vita_tests  # noqa: E402
+
+HEADS = m2f_tests.HEADS
+
+CONFIG_TEMPLATE = """
+from configs import common, vita_synthetic as base
+from vis_jax.models import vita
+
+def get_config(arg=None):
+  c = base.get_config(arg)
+  c.model.backbone = common.ConfigDict({backbone!r})
+  pd, dec = c.model.pixel_decoder, c.model.decoder
+  pd.conv_dim = pd.mask_dim = dec.hidden_dim = {feature_size}
+  pd.num_encoder_layers, pd.dim_feedforward = {encoder_layers}, {encoder_feedforward_dim}
+  pd.num_heads = dec.num_heads = {num_attention_heads}
+  pd.num_groups = 32
+  dec.dim_feedforward, dec.dec_layers = {dim_feedforward}, {decoder_layers} - 1
+  dec.num_queries = {num_queries}
+  c.model.vita = vita.default_config(**{vita!r})
+  return c
+"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("vita_convert")
+  hf_backbone, ours_backbone = m2f_tests.BACKBONES["resnet"]
+  bb_kwargs = dict(hf_backbone)
+  bb_config = transformers.AutoConfig.for_model(
+      bb_kwargs.pop("model_type"), out_features=["stage1", "stage2", "stage3", "stage4"],
+      **bb_kwargs)
+  torch.manual_seed(0)
+  model = transformers.Mask2FormerForUniversalSegmentation(
+      transformers.Mask2FormerConfig(backbone_config=bb_config, **HEADS)).eval()
+  official = m2f_tests.hf_to_detectron2(m2f_tests.shared.state_dict_numpy(model))
+  # The VITA module sees the detector's query width (C) and un-projected map (conv_dim).
+  assert vita_tests.C == HEADS["hidden_dim"] and vita_tests.K == HEADS["num_labels"]
+  vita_cfg = vita_tests.small_cfg()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(vita_tests, "QF", HEADS["num_queries"])
+    mp.setattr(vita_tests, "CONV", HEADS["feature_size"])
+    official.update(vita_tests.official_state_dict(vita_cfg))
+  official["criterion.empty_weight"] = np.ones(HEADS["num_labels"] + 1, np.float32)
+  official["vita_criterion.empty_weight"] = np.ones(HEADS["num_labels"] + 1, np.float32)
+  config_path = tmp / "config.py"
+  config_path.write_text(CONFIG_TEMPLATE.format(backbone=ours_backbone,
+                                                vita=vita_cfg.to_dict(), **HEADS))
+  return dict(tmp=tmp, official=official, config=str(config_path),
+              overrides=[f"--config.data.num_classes={HEADS['num_labels']}"])
+
+
+def _convert(case, state_dict, name):
+  weights = case["tmp"] / f"{name}.pth"
+  torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}},
+             weights)
+  return convert.main(["--from", "vita", "--input", str(weights), "--config", case["config"],
+                       "--output", str(case["tmp"] / name), *case["overrides"]])
+
+
+def test_official_vita_checkpoint_converts_completely(checkpoint, capsys):
+  assert _convert(checkpoint, checkpoint["official"], "full") == 0
+  out = capsys.readouterr().out
+  assert "missing 0, unexpected 0, shape-mismatched 0, ignored 2" in out
+  params, _ = checkpointing.load_inference_params(str(checkpoint["tmp"] / "full"))
+  abstract, _ = convert.abstract_variables(
+      convert.load_config(checkpoint["config"], checkpoint["overrides"]))
+  shapes = lambda tree: {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
+      dict(tree), sep="/").items()}
+  assert shapes(params) == shapes(abstract)   # every tensor of the model came from the file
+  sd, vita = checkpoint["official"], params["vita"]
+  np.testing.assert_array_equal(vita["fq_pos_embed"]["embedding"],
+                                sd["vita_module.fq_pos.weight"])
+  np.testing.assert_array_equal(vita["class_embed"]["kernel"],
+                                sd["vita_module.class_embed.weight"].T)
+  qkv = sd["vita_module.enc_self_attn.0.self_attn.in_proj_weight"]
+  c = qkv.shape[1]
+  np.testing.assert_array_equal(vita["enc_self_attn_0"]["self_attn"]["k_proj"]["kernel"],
+                                qkv[c:2 * c].T)
+  np.testing.assert_array_equal(vita["vita_mask_features"]["kernel"],
+                                sd["vita_module.vita_mask_features.weight"][:, :, 0, 0].T)
+  np.testing.assert_array_equal(
+      params["detector"]["predictor"]["class_embed"]["kernel"],
+      sd["sem_seg_head.predictor.class_embed.weight"].T)
+
+
+def test_missing_and_unknown_keys_refuse_the_conversion(checkpoint, capsys):
+  sd = dict(checkpoint["official"])
+  del sd["vita_module.fq_pos.weight"]
+  sd["vita_module.extra_head.weight"] = np.zeros(3, np.float32)
+  assert _convert(checkpoint, sd, "broken") == convert.EXIT_INCOMPLETE
+  captured = capsys.readouterr()
+  assert "missing: vita_module.fq_pos.weight" in captured.out
+  assert "unexpected: vita_module.extra_head.weight" in captured.out
+  assert not (checkpoint["tmp"] / "broken").exists()
