@@ -117,3 +117,48 @@ def test_synthetic_paths_resolve_against_root(tmp_path):
   paths = common.resolve_paths(config)
   assert paths["synthetic"]["json"] == os.path.join(str(tmp_path), "train.json")
   assert paths["__eval__"]["frames"] == os.path.join(str(tmp_path), "valid", "JPEGImages")
+
+
+@pytest.mark.parametrize("name,steps,decay,top_k,queries,test_size,frames", [
+    ("vita_r50_ytvis19", 140_000, (75_000,), 10, 100, 360, 5),
+    ("vita_r50_ytvis21", 187_500, (100_000,), 10, 100, 360, 6),
+    ("vita_r50_ovis", 150_000, (50_000, 125_000), 20, 100, 360, 6),
+    ("vita_swinl_ytvis19", 140_000, (75_000,), 10, 200, 448, 5),
+    ("vita_swinl_ovis", 150_000, (50_000, 125_000), 20, 200, 448, 6),
+    ("vita_r50_coco", 368_750, (327_778, 355_092), 100, 100, 360, 1),
+])
+def test_official_vita_configs_follow_the_spec_table(name, steps, decay, top_k, queries,
+                                                     test_size, frames):
+  """Spec §3.7 values; ``:paper`` swaps the layer counts to the paper's 3 / 6."""
+  config = _parse([f"--config={REPO}/configs/{name}.py"])
+  paper = _parse([f"--config={REPO}/configs/{name}.py:paper"])
+  assert config.model_name == "vita"
+  assert (config.num_train_steps, tuple(config.optim.decay_steps)) == (steps, decay)
+  assert config.model.inference.top_k == top_k
+  assert config.model.decoder.num_queries == queries and config.model.decoder.dec_layers == 9
+  assert config.input.min_size_test == test_size and config.input.num_frames == frames
+  vita = config.model.vita
+  assert (vita.enc_layers, vita.dec_layers, vita.num_object_queries) == (6, 3, 100)
+  assert vita.enc_window_size == (0 if name.endswith("coco") else 6)
+  assert (paper.model.vita.enc_layers, paper.model.vita.dec_layers) == (3, 6)
+  lr = 1e-4 if name.endswith("coco") else 5e-5
+  assert config.optim.learning_rate == lr and config.optim.clip_grad_norm == 0.01
+  assert config.batch_size == (16 if name.endswith("coco") else 8)
+
+
+def test_official_vita_r50_builds_with_official_sizes():
+  """Abstract parameters (nothing allocated) of the R50 YTVIS-2019 model: detector + VITA with
+  the official widths (256 hidden, 2048 FFN, 100 video queries)."""
+  import jax
+
+  from vis_jax import convert
+
+  config = convert.load_config(f"{REPO}/configs/vita_r50_ytvis19.py")
+  params, _ = convert.abstract_variables(config)
+  vita = params["vita"]
+  assert vita["query_feat_embed"]["embedding"].shape == (100, 256)
+  assert vita["fq_pos_embed"]["embedding"].shape == (100, 256)
+  assert vita["enc_ffn_5"]["linear1"]["kernel"].shape == (256, 2048)
+  assert "enc_ffn_6" not in vita and "transformer_ffn_layers_2" in vita
+  assert vita["class_embed"]["kernel"].shape == (256, 41)
+  assert 40e6 < sum(x.size for x in jax.tree_util.tree_leaves(params)) < 80e6
