@@ -23,23 +23,9 @@ from tests import test_vita as vita_tests  # noqa: E402
 
 HEADS = m2f_tests.HEADS
 
-CONFIG_TEMPLATE = """
-from configs import common, vita_synthetic as base
-from vis_jax.models import vita
-
-def get_config(arg=None):
-  c = base.get_config(arg)
-  c.model.backbone = common.ConfigDict({backbone!r})
-  pd, dec = c.model.pixel_decoder, c.model.decoder
-  pd.conv_dim = pd.mask_dim = dec.hidden_dim = {feature_size}
-  pd.num_encoder_layers, pd.dim_feedforward = {encoder_layers}, {encoder_feedforward_dim}
-  pd.num_heads = dec.num_heads = {num_attention_heads}
-  pd.num_groups = 32
-  dec.dim_feedforward, dec.dec_layers = {dim_feedforward}, {decoder_layers} - 1
-  dec.num_queries = {num_queries}
-  c.model.vita = vita.default_config(**{vita!r})
-  return c
-"""
+CONFIG_TEMPLATE = m2f_tests.config_template(
+    "vita_synthetic", "  from vis_jax.models import vita\n"
+    "  c.model.vita = vita.default_config(**{vita!r})\n")
 
 
 @pytest.fixture(scope="module")

@@ -91,21 +91,28 @@ BACKBONES = {
                   window_size=4, drop_path_rate=0.0)),
 }
 
-CONFIG_TEMPLATE = """
-from configs import common, mask2former_tiny_synthetic as base
+def config_template(base: str, extra: str = "") -> str:
+  """Source of a config over ``configs/<base>.py`` whose detector has the sizes of ``HEADS``
+  and a backbone (``str.format`` keys: ``backbone`` and the ``HEADS`` keys), plus ``extra``
+  lines (indented two spaces, may use ``c``)."""
+  return f"""
+from configs import common, {base} as base
 
 def get_config(arg=None):
   c = base.get_config(arg)
-  c.model.backbone = common.ConfigDict({backbone!r})
+  c.model.backbone = common.ConfigDict({{backbone!r}})
   pd, dec = c.model.pixel_decoder, c.model.decoder
-  pd.conv_dim = pd.mask_dim = dec.hidden_dim = {feature_size}
-  pd.num_encoder_layers, pd.dim_feedforward = {encoder_layers}, {encoder_feedforward_dim}
-  pd.num_heads = dec.num_heads = {num_attention_heads}
+  pd.conv_dim = pd.mask_dim = dec.hidden_dim = {{feature_size}}
+  pd.num_encoder_layers, pd.dim_feedforward = {{encoder_layers}}, {{encoder_feedforward_dim}}
+  pd.num_heads = dec.num_heads = {{num_attention_heads}}
   pd.num_groups = 32  # HF hard-codes GroupNorm(32)
-  dec.dim_feedforward, dec.dec_layers = {dim_feedforward}, {decoder_layers} - 1
-  dec.num_queries = {num_queries}
-  return c
+  dec.dim_feedforward, dec.dec_layers = {{dim_feedforward}}, {{decoder_layers}} - 1
+  dec.num_queries = {{num_queries}}
+{extra}  return c
 """
+
+
+CONFIG_TEMPLATE = config_template("mask2former_tiny_synthetic")
 
 
 def perturb_(model, seed: int) -> None:

@@ -47,21 +47,7 @@ FAST_COMPILE = m2f_tests.FAST_COMPILE
 HEADS, IMAGES = m2f_tests.HEADS, m2f_tests.IMAGES
 rel_err = m2f_tests.rel_err
 
-CONFIG_TEMPLATE = """
-from configs import common, m2f_vis_synthetic as base
-
-def get_config(arg=None):
-  c = base.get_config(arg)
-  c.model.backbone = common.ConfigDict({backbone!r})
-  pd, dec = c.model.pixel_decoder, c.model.decoder
-  pd.conv_dim = pd.mask_dim = dec.hidden_dim = {feature_size}
-  pd.num_encoder_layers, pd.dim_feedforward = {encoder_layers}, {encoder_feedforward_dim}
-  pd.num_heads = dec.num_heads = {num_attention_heads}
-  pd.num_groups = 32
-  dec.dim_feedforward, dec.dec_layers = {dim_feedforward}, {decoder_layers} - 1
-  dec.num_queries = {num_queries}
-  return c
-"""
+CONFIG_TEMPLATE = m2f_tests.config_template("m2f_vis_synthetic")
 
 
 # ---- official keys → mask2former_vis, vs HF and vs the image model ------------------------------
