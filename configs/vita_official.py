@@ -48,4 +48,7 @@ def official(dataset: str, args: common.ConfigDict, backbone: str = "resnet50",
     c.num_train_steps, c.optim.decay_steps = _SOLVER[dataset]
   if args.smoke:
     common.apply_smoke(c)
+    # COCO pseudo-videos at the smoke sizes too (else resized to 288–512, then shrunk to fit).
+    c.input.pseudo.min_size_train = c.input.min_size_train
+    c.input.pseudo.max_size_train = c.input.max_size_train
   return c

@@ -119,46 +119,76 @@ def test_synthetic_paths_resolve_against_root(tmp_path):
   assert paths["__eval__"]["frames"] == os.path.join(str(tmp_path), "valid", "JPEGImages")
 
 
-@pytest.mark.parametrize("name,steps,decay,top_k,queries,test_size,frames", [
-    ("vita_r50_ytvis19", 140_000, (75_000,), 10, 100, 360, 5),
-    ("vita_r50_ytvis21", 187_500, (100_000,), 10, 100, 360, 6),
-    ("vita_r50_ovis", 150_000, (50_000, 125_000), 20, 100, 360, 6),
-    ("vita_swinl_ytvis19", 140_000, (75_000,), 10, 200, 448, 5),
-    ("vita_swinl_ovis", 150_000, (50_000, 125_000), 20, 200, 448, 6),
-    ("vita_r50_coco", 368_750, (327_778, 355_092), 100, 100, 360, 1),
-])
-def test_official_vita_configs_follow_the_spec_table(name, steps, decay, top_k, queries,
-                                                     test_size, frames):
+_R50, _SWINL = ("resnet50", 100, 360), ("swin_large", 200, 448)   # backbone, queries, test size
+_SPEC_TABLE = [   # name, detector, steps, lr steps, top-k, (T, R)
+    ("vita_r50_ytvis19", _R50, 140_000, (75_000,), 10, (5, 20)),
+    ("vita_r50_ytvis21", _R50, 187_500, (100_000,), 10, (6, 8)),
+    ("vita_r50_ovis", _R50, 150_000, (50_000, 125_000), 20, (6, 8)),
+    ("vita_swinl_ytvis19", _SWINL, 140_000, (75_000,), 10, (5, 20)),
+    ("vita_swinl_ytvis21", _SWINL, 187_500, (100_000,), 10, (6, 8)),
+    ("vita_swinl_ovis", _SWINL, 150_000, (50_000, 125_000), 20, (6, 8)),
+    ("vita_r50_coco", _R50, 368_750, (327_778, 355_092), 100, (1, 0)),
+]
+
+
+@pytest.mark.parametrize("name,detector,steps,decay,top_k,frames_range", _SPEC_TABLE,
+                         ids=[row[0] for row in _SPEC_TABLE])
+def test_official_vita_configs_follow_the_spec_table(name, detector, steps, decay, top_k,
+                                                     frames_range):
   """Spec §3.7 values; ``:paper`` swaps the layer counts to the paper's 3 / 6."""
   config = _parse([f"--config={REPO}/configs/{name}.py"])
   paper = _parse([f"--config={REPO}/configs/{name}.py:paper"])
+  smoke = _parse([f"--config={REPO}/configs/{name}.py:smoke"])
+  coco = name.endswith("coco")
+  # :smoke shrinks inputs and steps only (the model stays the official one).
+  assert (smoke.batch_size, smoke.num_train_steps) == (2, 10)
+  assert smoke.model.to_dict() == config.model.to_dict()
+  assert max(smoke.input.pseudo.min_size_train) <= max(max(b) for b in smoke.input.size_buckets)
   assert config.model_name == "vita"
+  backbone, queries, test_size = detector
+  assert config.model.backbone.name == backbone and config.model.decoder.num_queries == queries
+  assert config.model.decoder.dec_layers == 9 and config.model.decoder.hidden_dim == 256
   assert (config.num_train_steps, tuple(config.optim.decay_steps)) == (steps, decay)
-  assert config.model.inference.top_k == top_k
-  assert config.model.decoder.num_queries == queries and config.model.decoder.dec_layers == 9
-  assert config.input.min_size_test == test_size and config.input.num_frames == frames
+  assert config.model.inference.top_k == top_k and config.model.inference.chunk_size == 18
+  assert (config.input.num_frames, config.input.sampling_frame_range) == frames_range
+  if not coco:
+    assert config.input.min_size_test == test_size
   vita = config.model.vita
   assert (vita.enc_layers, vita.dec_layers, vita.num_object_queries) == (6, 3, 100)
-  assert vita.enc_window_size == (0 if name.endswith("coco") else 6)
+  assert vita.last_layer_num == 3 and vita.sim_use_clip and not vita.freeze_detector
+  assert vita.enc_window_size == (0 if coco else 6)
   assert (paper.model.vita.enc_layers, paper.model.vita.dec_layers) == (3, 6)
-  lr = 1e-4 if name.endswith("coco") else 5e-5
-  assert config.optim.learning_rate == lr and config.optim.clip_grad_norm == 0.01
-  assert config.batch_size == (16 if name.endswith("coco") else 8)
+  assert paper.model.vita.enc_window_size == vita.enc_window_size   # only the layer counts
+  assert config.optim.learning_rate == (1e-4 if coco else 5e-5)
+  assert (config.optim.weight_decay, config.optim.backbone_multiplier) == (0.05, 0.1)
+  assert config.optim.clip_grad_norm == 0.01 and config.optim.warmup_factor == 1.0
+  assert config.batch_size == (16 if coco else 8)
+  if coco:
+    assert set(config.data.sources) == {"coco"} and config.data.num_classes == 80
+  else:
+    assert set(config.data.sources) == {"coco", name.split("_")[-1]}
+    assert config.data.sources.coco.category_map == f"coco_to_{name.split('_')[-1]}"
 
 
-def test_official_vita_r50_builds_with_official_sizes():
-  """Abstract parameters (nothing allocated) of the R50 YTVIS-2019 model: detector + VITA with
-  the official widths (256 hidden, 2048 FFN, 100 video queries)."""
+@pytest.mark.parametrize("name,classes,frames", [("vita_r50_ytvis19", 40, 5),
+                                                 ("vita_r50_coco", 80, 1)])
+def test_official_vita_r50_builds_with_official_sizes(name, classes, frames):
+  """Abstract parameters (nothing allocated) of the R50 models: detector + VITA with the
+  official widths (256 hidden, 2048 FFN, 100 frame and 100 video queries, 6 + 3 layers)."""
   import jax
 
   from vis_jax import convert
 
-  config = convert.load_config(f"{REPO}/configs/vita_r50_ytvis19.py")
-  params, _ = convert.abstract_variables(config)
-  vita = params["vita"]
+  config = convert.load_config(f"{REPO}/configs/{name}.py")
+  assert convert.dummy_batch(config, ["images"])["images"].shape[1] == frames
+  params, state = convert.abstract_variables(config)
+  vita, predictor = params["vita"], params["detector"]["predictor"]
   assert vita["query_feat_embed"]["embedding"].shape == (100, 256)
   assert vita["fq_pos_embed"]["embedding"].shape == (100, 256)
   assert vita["enc_ffn_5"]["linear1"]["kernel"].shape == (256, 2048)
   assert "enc_ffn_6" not in vita and "transformer_ffn_layers_2" in vita
-  assert vita["class_embed"]["kernel"].shape == (256, 41)
+  assert "transformer_ffn_layers_3" not in vita
+  assert vita["class_embed"]["kernel"].shape == (256, classes + 1)
+  assert predictor["class_embed"]["kernel"].shape == (256, classes + 1)
+  assert "frozen_bn" in state   # official ResNet: FrozenBN statistics are model state
   assert 40e6 < sum(x.size for x in jax.tree_util.tree_leaves(params)) < 80e6

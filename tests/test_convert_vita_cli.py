@@ -9,6 +9,8 @@ buffers the official checkpoints carry.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -56,25 +58,40 @@ def checkpoint(tmp_path_factory):
               overrides=[f"--config.data.num_classes={HEADS['num_labels']}"])
 
 
-def _convert(case, state_dict, name):
+def _convert(case, state_dict, name, *extra):
   weights = case["tmp"] / f"{name}.pth"
   torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}},
              weights)
   return convert.main(["--from", "vita", "--input", str(weights), "--config", case["config"],
-                       "--output", str(case["tmp"] / name), *case["overrides"]])
+                       "--output", str(case["tmp"] / name), *case["overrides"], *extra])
+
+
+def _shapes(tree):
+  return {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
+      dict(tree), sep="/").items()}
 
 
 def test_official_vita_checkpoint_converts_completely(checkpoint, capsys):
   assert _convert(checkpoint, checkpoint["official"], "full") == 0
   out = capsys.readouterr().out
-  assert "missing 0, unexpected 0, shape-mismatched 0, ignored 2" in out
-  params, _ = checkpointing.load_inference_params(str(checkpoint["tmp"] / "full"))
-  abstract, _ = convert.abstract_variables(
+  assert "missing 0, unexpected 0, shape-mismatched 0," in out
+  report = json.loads((checkpoint["tmp"] / "full" / "conversion.json").read_text())
+  # The criterion buffers and BatchNorm counters are known unused buffers, nothing else.
+  assert {"criterion.empty_weight", "vita_criterion.empty_weight"} <= set(report["ignored"])
+  assert all(k.endswith(("empty_weight", ".num_batches_tracked")) for k in report["ignored"])
+  params, state = checkpointing.load_inference_params(str(checkpoint["tmp"] / "full"))
+  abstract, abstract_state = convert.abstract_variables(
       convert.load_config(checkpoint["config"], checkpoint["overrides"]))
-  shapes = lambda tree: {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
-      dict(tree), sep="/").items()}
-  assert shapes(params) == shapes(abstract)   # every tensor of the model came from the file
+  # Every tensor of the model came from the file: parameters and the FrozenBN statistics.
+  assert _shapes(params) == _shapes(abstract)
+  assert _shapes(state) == _shapes(abstract_state) and "frozen_bn" in state
   sd, vita = checkpoint["official"], params["vita"]
+  np.testing.assert_array_equal(
+      state["frozen_bn"]["detector"]["backbone"]["stem"]["conv1"]["norm"]["running_var"],
+      sd["backbone.stem.conv1.norm.running_var"])
+  np.testing.assert_array_equal(  # conv [O, I, kh, kw] → [kh, kw, I, O]
+      params["detector"]["backbone"]["res3"]["block0"]["conv2"]["kernel"],
+      sd["backbone.res3.0.conv2.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(vita["fq_pos_embed"]["embedding"],
                                 sd["vita_module.fq_pos.weight"])
   np.testing.assert_array_equal(vita["class_embed"]["kernel"],
@@ -93,9 +110,39 @@ def test_official_vita_checkpoint_converts_completely(checkpoint, capsys):
 def test_missing_and_unknown_keys_refuse_the_conversion(checkpoint, capsys):
   sd = dict(checkpoint["official"])
   del sd["vita_module.fq_pos.weight"]
+  del sd["sem_seg_head.predictor.query_feat.weight"]
   sd["vita_module.extra_head.weight"] = np.zeros(3, np.float32)
+  sd["vita_head.weight"] = np.zeros(3, np.float32)  # outside every known prefix
   assert _convert(checkpoint, sd, "broken") == convert.EXIT_INCOMPLETE
   captured = capsys.readouterr()
   assert "missing: vita_module.fq_pos.weight" in captured.out
+  assert "missing: detector/predictor/query_feat_embed/embedding" in captured.out
   assert "unexpected: vita_module.extra_head.weight" in captured.out
+  assert "unexpected: vita_head.weight" in captured.out
+  assert "--allow-missing --allow-unexpected" in captured.err
   assert not (checkpoint["tmp"] / "broken").exists()
+
+
+def test_other_class_count_converts_with_allow_mismatched(checkpoint, capsys):
+  """The documented path from a COCO VITA into a video config: both class heads (detector
+  and VITA) mismatch; with ``--allow-mismatched`` everything else is written and the class
+  heads are left out (they keep the run's initialisation), never written at the wrong shape."""
+  case = dict(checkpoint, overrides=["--config.data.num_classes=5"])
+  assert _convert(case, checkpoint["official"], "refused") == convert.EXIT_INCOMPLETE
+  assert "shape-mismatched" in capsys.readouterr().err
+  assert _convert(case, checkpoint["official"], "classes5", "--allow-mismatched") == 0
+  out = capsys.readouterr().out
+  mismatched = sorted(line.split(": ")[1] for line in out.splitlines()
+                      if line.startswith("  mismatched:"))
+  assert mismatched == [
+      "sem_seg_head.predictor.class_embed.bias -> detector/predictor/class_embed/bias",
+      "sem_seg_head.predictor.class_embed.weight -> detector/predictor/class_embed/kernel",
+      "vita/class_embed/bias", "vita/class_embed/kernel"], out
+  params, _ = checkpointing.load_inference_params(str(checkpoint["tmp"] / "classes5"))
+  abstract, _ = convert.abstract_variables(
+      convert.load_config(case["config"], case["overrides"]))
+  written, expected = _shapes(params), _shapes(abstract)
+  assert {k: expected[k] for k in written} == written     # nothing at a foreign shape
+  assert set(expected) - set(written) == {
+      "detector/predictor/class_embed/kernel", "detector/predictor/class_embed/bias",
+      "vita/class_embed/kernel", "vita/class_embed/bias"}

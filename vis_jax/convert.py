@@ -14,8 +14,8 @@
    unused buffers that were skipped (ignored);
 4. exits with status 2 on any missing / unexpected / mismatched tensor unless the matching
    ``--allow-*`` flag is given; otherwise writes ``checkpointing.save_inference_params(DIR, ...)``
-   (only converted tensors: what is missing keeps the run's own initialisation when
-   ``init_from`` loads the file) plus ``DIR/conversion.json`` (the report).
+   (only converted tensors: what is missing or shape-mismatched keeps the run's own
+   initialisation when ``init_from`` loads the file) plus ``DIR/conversion.json`` (the report).
 
 Sources: ``hf_mask2former`` (Hugging Face ``Mask2FormerForUniversalSegmentation``) and
 ``detectron2`` (facebookresearch/Mask2Former, also the frame-level part of M2F-VIS / VITA
@@ -254,7 +254,8 @@ def _mask2former_converter(source: str) -> Converter:
 def _convert_vita(state_dict: Mapping[str, np.ndarray], abstract_params: Mapping[str, Any],
                   abstract_state: Mapping[str, Any], config: common.ConfigDict) -> Conversion:
   """Official VITA checkpoints (sukjunhwang/VITA): the detectron2 Mask2Former keys become
-  ``detector/*``, the ``vita_module.*`` keys ``vita/*`` (``convert_vita.py``)."""
+  ``detector/*`` (``convert_mask2former``), the ``vita_module.*`` keys ``vita/*``
+  (``convert_vita.vita_params_from_torch``); one report for both."""
   from vis_jax import convert_vita
 
   if config.model_name != "vita":
@@ -264,14 +265,29 @@ def _convert_vita(state_dict: Mapping[str, np.ndarray], abstract_params: Mapping
                if "detector" in tree}
   det_params, det_model_state, report = convert_mask2former(
       state_dict, abstract_params["detector"], det_state, "official")
+  # The head converter names template paths from the detector's root; here they are under
+  # ``detector/`` (backbone entries are source keys and stay as they are).
+  report.missing = [re.sub(r"^(pixel_decoder|predictor)/", r"detector/\1/", m)
+                    for m in report.missing]
+  report.mismatched = [re.sub(r" -> (pixel_decoder|predictor)/", r" -> detector/\1/", m)
+                       for m in report.mismatched]
   vita_params, vita_report = convert_vita.vita_params_from_torch(
       state_dict, config.model.vita, prefix=convert_vita.OFFICIAL_PREFIX,
       template=abstract_params["vita"])
-  report.converted += len(traverse_util.flatten_dict(vita_params)) if vita_params else 0
+  # Only tensors with the template's path and shape are written, as for the detector: a
+  # mismatched one (e.g. the COCO class head into a YTVIS config with --allow-mismatched)
+  # keeps the run's own initialisation when init_from loads the file.
+  expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(
+      dict(abstract_params["vita"])).items()}
+  flat_vita = traverse_util.flatten_dict(vita_params) if vita_params else {}
+  kept = {k: v for k, v in flat_vita.items() if expected.get(k) == tuple(v.shape)}
+  report.converted += len(kept)
   report.missing += vita_report["missing"] + [
       f"vita/{p}" for p in vita_report["template_missing"]]
   report.unexpected += vita_report["unexpected"]
-  report.mismatched += [f"vita/{m}" for m in vita_report["shape_mismatch"]]
+  report.mismatched += [f"vita/{'/'.join(k)}: expected {expected[k]}, got {tuple(v.shape)}"
+                        for k, v in sorted(flat_vita.items())
+                        if k in expected and k not in kept]
   known = (_BACKBONE_PREFIX["official"], *_HEAD_PREFIXES["official"],
            convert_vita.OFFICIAL_PREFIX)
   ignored = _IGNORED_KEYS + (r"^vita_criterion\.empty_weight$",)
@@ -282,7 +298,8 @@ def _convert_vita(state_dict: Mapping[str, np.ndarray], abstract_params: Mapping
       report.ignored.append(key)
     else:
       report.unexpected.append(key)
-  params = {"detector": det_params, "vita": vita_params}
+  vita_tree = traverse_util.unflatten_dict(kept) if kept else {}
+  params = {k: v for k, v in (("detector", det_params), ("vita", vita_tree)) if v}
   model_state = {col: {"detector": tree} for col, tree in det_model_state.items()}
   return Conversion(params, model_state, report)
 
