@@ -22,3 +22,27 @@ def small_detector_config(pixel_encoder_layers: int, decoder_layers: int) -> com
   dec.hidden_dim, dec.num_heads, dec.dim_feedforward = 64, 4, 128
   dec.dec_layers, dec.num_queries = decoder_layers, 16
   return model
+
+
+def apply_small_inputs(c: common.ConfigDict, num_frames: int,
+                       sampling_frame_range: int) -> common.ConfigDict:
+  """The inputs the small detector is trained and tested at in every synthetic config: shorter
+  side 96–128 (longer ≤ 160) or a crop of a 128–160 resize, one square 160 bucket (one
+  compilation), test shorter side 128 padded square, ≤ 8 instances. Clips of ``num_frames``
+  frames within ``sampling_frame_range``; the crop moves across the clip when ``T > 1``."""
+  inp = c.input
+  inp.num_frames = num_frames
+  inp.sampling_frame_range = sampling_frame_range
+  inp.min_size_train = (96, 112, 128)
+  inp.max_size_train = 160
+  inp.crop = common.ConfigDict(dict(
+      enabled=True, prob=0.5, resize_min_sizes=(128, 160), resize_max_size=224,
+      min_size=96, max_size=160, moving=num_frames > 1))
+  inp.size_buckets = ((160, 160),)
+  inp.max_instances = 8
+  inp.min_size_test = 128
+  inp.max_size_test = 160
+  inp.test_pad_square = True
+  inp.pseudo.min_size_train = inp.min_size_train
+  inp.pseudo.max_size_train = inp.max_size_train
+  return c

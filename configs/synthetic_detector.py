@@ -22,17 +22,7 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   c.loss.class_weight = 10.0
 
   c.batch_size = 8
-  c.input.num_frames = 1
-  c.input.sampling_frame_range = 0
-  c.input.min_size_train = (96, 112, 128)
-  c.input.max_size_train = 160
-  c.input.crop = common.ConfigDict(dict(
-      enabled=True, prob=0.5, resize_min_sizes=(128, 160), resize_max_size=224,
-      min_size=96, max_size=160, moving=False))
-  c.input.size_buckets = ((160, 160),)
-  c.input.max_instances = 8
-  c.input.pseudo.min_size_train = (96, 112, 128)
-  c.input.pseudo.max_size_train = 160
+  small_detector.apply_small_inputs(c, num_frames=1, sampling_frame_range=0)
 
   c.optim.learning_rate = 3e-4
   c.optim.backbone_multiplier = 1.0

@@ -44,20 +44,7 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   c.model.vita.freeze_detector = True
 
   c.batch_size = 4
-  c.input.num_frames = 5
-  c.input.sampling_frame_range = 10
-  c.input.min_size_train = (96, 112, 128)
-  c.input.max_size_train = 160
-  c.input.crop = common.ConfigDict(dict(
-      enabled=True, prob=0.5, resize_min_sizes=(128, 160), resize_max_size=224,
-      min_size=96, max_size=160, moving=True))
-  c.input.size_buckets = ((160, 160),)
-  c.input.max_instances = 8
-  c.input.min_size_test = 128
-  c.input.max_size_test = 160
-  c.input.test_pad_square = True
-  c.input.pseudo.min_size_train = (96, 112, 128)
-  c.input.pseudo.max_size_train = 160
+  small_detector.apply_small_inputs(c, num_frames=5, sampling_frame_range=10)
 
   c.optim.learning_rate = 5e-4
   c.optim.backbone_multiplier = 1.0

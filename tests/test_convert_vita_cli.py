@@ -33,14 +33,8 @@ CONFIG_TEMPLATE = m2f_tests.config_template(
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("vita_convert")
-  hf_backbone, ours_backbone = m2f_tests.BACKBONES["resnet"]
-  bb_kwargs = dict(hf_backbone)
-  bb_config = transformers.AutoConfig.for_model(
-      bb_kwargs.pop("model_type"), out_features=["stage1", "stage2", "stage3", "stage4"],
-      **bb_kwargs)
-  torch.manual_seed(0)
-  model = transformers.Mask2FormerForUniversalSegmentation(
-      transformers.Mask2FormerConfig(backbone_config=bb_config, **HEADS)).eval()
+  ours_backbone = m2f_tests.BACKBONES["resnet"][1]
+  model = m2f_tests.hf_model("resnet")
   official = m2f_tests.hf_to_detectron2(m2f_tests.shared.state_dict_numpy(model))
   # The VITA module sees the detector's query width (C) and un-projected map (conv_dim).
   assert vita_tests.C == HEADS["hidden_dim"] and vita_tests.K == HEADS["num_labels"]

@@ -179,16 +179,21 @@ def swin_case(tmp_path_factory):
   return parity_case("swin", tmp_path_factory)
 
 
-def _build_parity_case(family: str, tmp_path_factory) -> dict:
-  hf_backbone, ours_backbone = BACKBONES[family]
-  tmp = tmp_path_factory.mktemp(f"parity_{family}")
-  bb_kwargs = dict(hf_backbone)
+def hf_model(family: str):
+  """The Hugging Face Mask2Former (eval mode, seed 0) with ``BACKBONES[family]`` and ``HEADS``."""
+  bb_kwargs = dict(BACKBONES[family][0])
   bb_config = transformers.AutoConfig.for_model(
       bb_kwargs.pop("model_type"), out_features=["stage1", "stage2", "stage3", "stage4"],
       **bb_kwargs)
   torch.manual_seed(0)
-  model = transformers.Mask2FormerForUniversalSegmentation(
+  return transformers.Mask2FormerForUniversalSegmentation(
       transformers.Mask2FormerConfig(backbone_config=bb_config, **HEADS)).eval()
+
+
+def _build_parity_case(family: str, tmp_path_factory) -> dict:
+  ours_backbone = BACKBONES[family][1]
+  tmp = tmp_path_factory.mktemp(f"parity_{family}")
+  model = hf_model(family)
   perturb_(model, seed=1)
   sd = shared.state_dict_numpy(model)
   from safetensors.numpy import save_file

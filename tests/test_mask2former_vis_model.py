@@ -56,14 +56,8 @@ CONFIG_TEMPLATE = m2f_tests.config_template("m2f_vis_synthetic")
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("m2f_vis_convert")
-  hf_backbone, ours_backbone = m2f_tests.BACKBONES["resnet"]
-  bb_kwargs = dict(hf_backbone)
-  bb_config = transformers.AutoConfig.for_model(
-      bb_kwargs.pop("model_type"), out_features=["stage1", "stage2", "stage3", "stage4"],
-      **bb_kwargs)
-  torch.manual_seed(0)
-  model = transformers.Mask2FormerForUniversalSegmentation(
-      transformers.Mask2FormerConfig(backbone_config=bb_config, **HEADS)).eval()
+  ours_backbone = m2f_tests.BACKBONES["resnet"][1]
+  model = m2f_tests.hf_model("resnet")
   m2f_tests.perturb_(model, seed=3)
   sd = m2f_tests.shared.state_dict_numpy(model)
   official = m2f_tests.hf_to_detectron2(sd)

@@ -228,6 +228,18 @@ def convert_mask2former(state_dict: Mapping[str, np.ndarray], abstract_params: M
   return params, model_state, report
 
 
+def _report_leftovers(state_dict: Mapping[str, Any], known: tuple[str, ...],
+                      ignored: tuple[str, ...], report: Report) -> None:
+  """Source keys outside the ``known`` prefixes: ``ignored`` patterns, else unexpected."""
+  for key in sorted(state_dict):
+    if key.startswith(known):
+      continue
+    if any(re.search(p, key) for p in ignored):
+      report.ignored.append(key)
+    else:
+      report.unexpected.append(key)
+
+
 def _mask2former_converter(source: str) -> Converter:
 
   def convert(state_dict, abstract_params, abstract_state, config):
@@ -238,14 +250,8 @@ def _mask2former_converter(source: str) -> Converter:
                        f"the config has {config.model_name!r}")
     params, model_state, report = convert_mask2former(state_dict, abstract_params,
                                                       abstract_state, source)
-    known = (_BACKBONE_PREFIX[source],) + _HEAD_PREFIXES[source]
-    for key in sorted(state_dict):
-      if key.startswith(known):
-        continue
-      if any(re.search(p, key) for p in _IGNORED_KEYS):
-        report.ignored.append(key)
-      else:
-        report.unexpected.append(key)
+    _report_leftovers(state_dict, (_BACKBONE_PREFIX[source],) + _HEAD_PREFIXES[source],
+                      _IGNORED_KEYS, report)
     return Conversion(params, model_state, report)
 
   return convert
@@ -288,16 +294,9 @@ def _convert_vita(state_dict: Mapping[str, np.ndarray], abstract_params: Mapping
   report.mismatched += [f"vita/{'/'.join(k)}: expected {expected[k]}, got {tuple(v.shape)}"
                         for k, v in sorted(flat_vita.items())
                         if k in expected and k not in kept]
-  known = (_BACKBONE_PREFIX["official"], *_HEAD_PREFIXES["official"],
-           convert_vita.OFFICIAL_PREFIX)
-  ignored = _IGNORED_KEYS + (r"^vita_criterion\.empty_weight$",)
-  for key in sorted(state_dict):
-    if key.startswith(known):
-      continue
-    if any(re.search(p, key) for p in ignored):
-      report.ignored.append(key)
-    else:
-      report.unexpected.append(key)
+  _report_leftovers(state_dict, (_BACKBONE_PREFIX["official"], *_HEAD_PREFIXES["official"],
+                                 convert_vita.OFFICIAL_PREFIX),
+                    _IGNORED_KEYS + (r"^vita_criterion\.empty_weight$",), report)
   vita_tree = traverse_util.unflatten_dict(kept) if kept else {}
   params = {k: v for k, v in (("detector", det_params), ("vita", vita_tree)) if v}
   model_state = {col: {"detector": tree} for col, tree in det_model_state.items()}
