@@ -4,7 +4,7 @@ Builds ``configs/common.base_config()`` with the synthetic source as its only tr
 generates (or reuses) the synthetic dataset, pulls ``--warmup`` batches, then times ``--batches``
 more and writes JSON: clips/s, batch shapes and bytes, buckets seen, num_workers.
 
-  python -m benchmarks.input_pipeline [--batches 20] [--num-workers 0] [--output PATH]
+  python -m benchmarks.input_pipeline [--batches 20] [--num-workers 0] [--smoke] [--output PATH]
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from input_pipeline import datasets, pipeline, synthetic
 
 
 def build_config(num_workers: int | None, batch_size: int | None,
-                 root: str | None) -> common.ConfigDict:
+                 root: str | None, smoke: bool = False) -> common.ConfigDict:
   config = common.base_config()
+  if smoke:
+    common.apply_smoke(config)
   config.data.sources.synthetic = common.source("synthetic",
                                                 *common.synthetic_source_paths("train"))
   config.data.num_classes = len(synthetic.CATEGORIES)
@@ -83,7 +85,7 @@ def run(config: common.ConfigDict, batches: int, warmup: int) -> dict:
   }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batches", type=int, default=20, help="timed batches after warm-up")
   parser.add_argument("--warmup", type=int, default=3)
@@ -91,17 +93,20 @@ def main() -> None:
                       help="grain worker processes (default: config.data.num_workers)")
   parser.add_argument("--batch-size", type=int, default=None)
   parser.add_argument("--root", default=None, help="synthetic dataset directory")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny dataset and inputs (configs/common.apply_smoke): a quick check")
   parser.add_argument("--output", default=os.path.join("benchmarks", "results",
                                                        "input_pipeline.json"))
-  args = parser.parse_args()
-  config = build_config(args.num_workers, args.batch_size, args.root)
+  args = parser.parse_args(argv)
+  config = build_config(args.num_workers, args.batch_size, args.root, args.smoke)
   result = run(config, args.batches, args.warmup)
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(result, f, indent=2)
   print(json.dumps({k: result[k] for k in ("clips_per_sec", "seconds_per_batch", "num_workers",
                                            "buckets_seen", "mean_batch_megabytes")}))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -25,3 +25,39 @@ def test_vita_long_video_recompute_path_end_to_end(tmp_path):
   assert run["output"]["tracks"] == top_k and run["output"]["rles"] == top_k * 40
   assert 0 < run["inference_peak_rss_mb"] <= run["peak_rss_mb"]
   assert report["models"]["synthetic"]["frames"] == [40]
+
+
+def test_evaluate_benchmark_runs_on_a_tiny_dataset(tmp_path):
+  from benchmarks import evaluate
+  out = tmp_path / "evaluate.json"
+  assert evaluate.main(["--videos", "3", "--frames", "4", "--preds", "2", "--height", "180",
+                        "--width", "240", "--output", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert (report["videos"], report["frames"], report["predictions_per_video"]) == (3, 4, 2)
+  assert report["seconds"] > 0
+
+
+def test_input_pipeline_benchmark_smoke(tmp_path):
+  from benchmarks import input_pipeline
+  out = tmp_path / "input_pipeline.json"
+  assert input_pipeline.main(["--smoke", "--root", str(tmp_path / "synthetic"), "--batches", "2",
+                              "--warmup", "1", "--num-workers", "0", "--output", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["batches_timed"] == 2 and report["num_workers"] == 0
+  batch, frames, height, width, _ = report["batch_shapes"]["images"][0]
+  assert (batch, frames) == (report["local_batch_size"], 2)
+  # Every timed batch landed in one of the smoke config's buckets.
+  assert sum(report["buckets_seen"].values()) == 2
+  assert set(report["buckets_seen"]) <= {"(64, 128)", "(128, 64)", "(128, 128)"}
+  assert f"({height}, {width})" in report["buckets_seen"]
+
+
+@pytest.mark.slow
+def test_mask2former_benchmark_parity_fields(tmp_path):
+  from benchmarks import mask2former
+  out = tmp_path / "mask2former.json"
+  assert mask2former.main(["--height", "64", "--width", "64", "--backbones", "resnet50",
+                           "--warmup", "1", "--repeats", "1", "--output", str(out)]) == 0
+  case = json.loads(out.read_text())["cases"]["resnet50"]
+  parity = {k: v for k, v in case.items() if k.endswith("max_rel_diff")}
+  assert parity and all(v < 1e-3 for v in parity.values()), parity
