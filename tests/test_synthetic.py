@@ -12,7 +12,7 @@ import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
-from input_pipeline import synthetic
+from input_pipeline import synthetic, synthetic_shapes
 
 # Long enough videos that objects enter, leave and get hidden; small frames keep it fast.
 PARAMS = dict(num_train_videos=12, num_valid_videos=3, seed=0, min_frames=16, max_frames=28,
@@ -91,11 +91,11 @@ def test_shape_mask_hand_points():
 
 
 def test_shapes_fit_in_the_drawn_patch():
-  # The renderer only evaluates a shape within _SHAPE_EXTENT radii of its centre; any part
+  # The renderer only evaluates a shape within SHAPE_EXTENT radii of its centre; any part
   # beyond it would be cut off whatever the rotation.
   c = np.linspace(-2, 2, 801, dtype=np.float32)
   u, v = c[None, :], c[:, None]
-  beyond = np.hypot(u, v) > synthetic._SHAPE_EXTENT
+  beyond = np.hypot(u, v) > synthetic_shapes.SHAPE_EXTENT
   for name in synthetic.SHAPES:
     m = synthetic.shape_mask(name, u, v)
     assert m.sum() * (c[1] - c[0]) ** 2 > 0.5, name  # area in units of radius^2
