@@ -83,10 +83,10 @@ def test_shape_mask_hand_points():
       "cross": ([(0.9, 0), (0, 0.9), (0, 0)], [(0.6, 0.6), (-0.5, 0.5)]),
       "crescent": ([(-0.9, 0), (0, -0.95)], [(0, 0), (0.9, 0)]),
   }
-  assert set(pts) == set(synthetic.SHAPES)
+  assert set(pts) == set(synthetic_shapes.SHAPES)
   for name, (inside, outside) in pts.items():
     for (u, v), want in [(p, True) for p in inside] + [(p, False) for p in outside]:
-      got = synthetic.shape_mask(name, np.array([u], np.float32), np.array([v], np.float32))
+      got = synthetic_shapes.shape_mask(name, np.array([u], np.float32), np.array([v], np.float32))
       assert bool(got[0]) is want, (name, u, v)
 
 
@@ -96,8 +96,8 @@ def test_shapes_fit_in_the_drawn_patch():
   c = np.linspace(-2, 2, 801, dtype=np.float32)
   u, v = c[None, :], c[:, None]
   beyond = np.hypot(u, v) > synthetic_shapes.SHAPE_EXTENT
-  for name in synthetic.SHAPES:
-    m = synthetic.shape_mask(name, u, v)
+  for name in synthetic_shapes.SHAPES:
+    m = synthetic_shapes.shape_mask(name, u, v)
     assert m.sum() * (c[1] - c[0]) ** 2 > 0.5, name  # area in units of radius^2
     assert not (m & beyond).any(), name
 
@@ -192,11 +192,11 @@ def test_class_is_not_given_away_by_appearance():
   for i in range(60):
     for inst in synthetic.sample_scene(0, "train", i).instances:
       seen.setdefault(inst.shape, []).append(inst)
-  assert len(seen) == len(synthetic.SHAPES)
+  assert len(seen) == len(synthetic_shapes.SHAPES)
   for shape, insts in seen.items():
-    assert len({i.texture for i in insts}) >= 3, synthetic.SHAPES[shape]
+    assert len({i.texture for i in insts}) >= 3, synthetic_shapes.SHAPES[shape]
     main = np.stack([i.colours[0] for i in insts])
-    assert main.std(axis=0).mean() > 30, synthetic.SHAPES[shape]
+    assert main.std(axis=0).mean() > 30, synthetic_shapes.SHAPES[shape]
 
 
 def test_masks_and_occlusion_match_the_rendered_scene(dataset):
@@ -278,7 +278,8 @@ def test_never_visible_instance_is_not_annotated(tmp_path, monkeypatch):
 
   monkeypatch.setattr(synthetic, "sample_scene", with_lost_object)
   kw = dict(PARAMS, num_train_videos=3, num_valid_videos=0, max_frames=18)
-  synthetic.generate(str(tmp_path), occlusion_labels=True, **kw)
+  # workers=1: the patched sampler must run in this process.
+  synthetic.generate(str(tmp_path), occlusion_labels=True, workers=1, **kw)
   data = _load(tmp_path, "train")
   for index in range(3):
     scene = with_lost_object(0, "train", index, 16, 18, 48)
@@ -314,6 +315,18 @@ def test_deterministic_and_seed_dependent(tmp_path):
   common = set(files) & set(_files(c))
   assert any(not filecmp.cmp(os.path.join(a, f), os.path.join(c, f), shallow=False)
              for f in common if f.endswith(".jpg"))
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path):
+  # 16 videos over 2 workers take the process-pool path (spawned, results in index order).
+  kw = dict(PARAMS, num_train_videos=16, num_valid_videos=1, max_frames=18)
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  synthetic.generate(one, occlusion_labels=True, workers=1, **kw)
+  synthetic.generate(two, occlusion_labels=True, workers=2, **kw)
+  files = _files(one)
+  assert files == _files(two) and len(files) > 16 * 16
+  match, mismatch, errors = filecmp.cmpfiles(one, two, files, shallow=False)
+  assert not mismatch and not errors and len(match) == len(files)
 
 
 def test_videos_do_not_depend_on_the_number_of_videos(tmp_path):
@@ -465,7 +478,7 @@ def test_class_colours_put_the_main_hue_in_the_class_band():
       assert not any(np.array_equal(b.colours[0], c) for c in a.colours)
       r, g, bl = (b.colours[0] - 4) / 247
       hue = colorsys.rgb_to_hsv(r, g, bl)[0] * 6
-      centre = 6 * b.shape / len(synthetic.SHAPES)
+      centre = 6 * b.shape / len(synthetic_shapes.SHAPES)
       distance = min(abs(hue - centre), 6 - abs(hue - centre))
       assert distance <= 0.25 + 1e-3, (b.shape, hue)
       seen.add(b.shape)
