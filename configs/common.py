@@ -95,7 +95,7 @@ def base_config() -> ConfigDict:
   # Synthetic YouTube-VIS-format data, generated on first use under `root`.
   c.data.synthetic = ConfigDict(dict(
       root=os.path.join(default_cache_dir(), "synthetic"),
-      num_train_videos=200,
+      num_train_videos=1000,       # 200 overfit the synthetic detector (issue #5 notes)
       num_valid_videos=30,
       seed=0,
       min_frames=8,

@@ -457,7 +457,8 @@ def test_build_source_dispatch(tmp_path, monkeypatch):
   monkeypatch.setattr(synthetic, "ensure_dataset", fake_ensure_dataset)
   c = _config("synthetic", *common.synthetic_source_paths("train"))
   c.data.synthetic.root = str(tmp_path / "synth")
+  c.data.synthetic.num_train_videos = 37
   ds = datasets.build_source("main", c.data.sources.main, c)
-  assert calls[0][0] == str(tmp_path / "synth") and calls[0][1]["num_train_videos"] == 200
+  assert calls[0][0] == str(tmp_path / "synth") and calls[0][1]["num_train_videos"] == 37
   assert [r.video_id for r in ds.records] == [1, 2]
   assert ds.records[0].frame_paths[0].startswith(str(tmp_path / "synth" / "train" / "JPEGImages"))
