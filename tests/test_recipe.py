@@ -25,6 +25,10 @@ def test_vita_recipe_two_stages_and_resume(tmp_path):
   summary = json.load(open(tmp_path / "recipe.json"))
   assert list(summary["stages"]) == ["detector", "vita"]
   assert summary["stages"]["detector"]["steps"] == 2
+  report = summary["stages"]["detector"]["report"]
+  assert report == {k: v for k, v in json.load(open(tmp_path / "detector" / "report.json")
+                                               ).items() if k in report}
+  assert 0.0 <= report["best_query_iou"] <= 1.0 and 0.0 <= report["frame_AP"] <= 100.0
   assert 0.0 <= summary["stages"]["vita"]["eval"]["AP"] <= 100.0
   assert json.loads(out.stdout[out.stdout.rindex("{\n"):])["AP"] == summary["stages"]["vita"][
       "eval"]["AP"]
@@ -32,6 +36,7 @@ def test_vita_recipe_two_stages_and_resume(tmp_path):
   again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stdout.count("already complete") == 2
+  assert "vis_jax.detector_report" not in again.stdout
 
 
 def test_unknown_recipe_and_flags_are_refused(tmp_path):

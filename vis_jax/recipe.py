@@ -4,7 +4,9 @@ The official VITA and Mask2Former-VIS recipes start from a Mask2Former detector 
 images. The synthetic recipes reproduce that schedule from scratch on the synthetic dataset:
 
 1. ``detector``: the small frame detector as an image Mask2Former on single frames
-   (``configs/synthetic_detector.py``) → ``DIR/detector``, exported to ``DIR/detector/export``;
+   (``configs/synthetic_detector.py``) → ``DIR/detector``, exported to ``DIR/detector/export``
+   and measured on the validation frames (``vis_jax.detector_report`` →
+   ``DIR/detector/report.json``: frame AP, best-query mask IoU, resolution ceiling);
 2. the video model, its detector started from that export (``--config.init_from``, under
    ``init_from_prefix``), trained and evaluated on the validation split
    (``--mode=train_and_eval``) → ``DIR/<stage>``.
@@ -85,6 +87,23 @@ def _final_eval(workdir: str) -> dict[str, Any] | None:
   return last
 
 
+def _detector_report(stage_dir: str) -> dict[str, Any]:
+  """``vis_jax.detector_report`` of a finished detector stage (``report.json``, kept), as the
+  recipe records it: ``{"report": {...}, "report_seconds": s}`` (seconds only when run now)."""
+  path = os.path.join(stage_dir, "report.json")
+  out: dict[str, Any] = {}
+  if not os.path.exists(path):
+    start = time.perf_counter()
+    _run([sys.executable, "-m", "vis_jax.detector_report", f"--workdir={stage_dir}",
+          f"--output={path}"])
+    out["report_seconds"] = round(time.perf_counter() - start, 1)
+  with open(path) as f:
+    report = json.load(f)
+  out["report"] = {k: report[k] for k in ("frame_AP", "frame_AP50", "best_query_iou",
+                                          "resolution_ceiling_iou") if k in report}
+  return out
+
+
 def _run(command: list[str]) -> None:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))
@@ -150,11 +169,12 @@ def run_recipe(name: str, workdir: str, detector_steps: int | None = None,
       export = os.path.join(stage_dir, "export")
       _run([sys.executable, "-m", "vis_jax.export", f"--workdir={stage_dir}",
             f"--output={export}"])
+      record.update(_detector_report(stage_dir))
     final = _final_eval(stage_dir)
     if final is not None:
       record["eval"] = final
     summary["stages"][stage.name] = record
-    summary["total_seconds"] = round(sum(s.get("seconds", 0.0)
+    summary["total_seconds"] = round(sum(s.get("seconds", 0.0) + s.get("report_seconds", 0.0)
                                          for s in summary["stages"].values()), 1)
     with open(summary_path, "w") as f:
       json.dump(summary, f, indent=1)

@@ -16,9 +16,11 @@ pixel decoder. Under ``jit`` outputs a caller does not use are dead code and cos
 
   backbone        build_backbone config: name + attribute overrides [resnet50]
   pixel_decoder   conv_dim, mask_dim [256], num_encoder_layers [6], num_heads [8], num_points [4],
-                  dim_feedforward [1024], transformer_in_features [res3..res5], common_stride [4],
-                  num_groups [32]; deformable-attention memory knobs batch_mode ("vmap"|"map"),
-                  map_batch_size, query_chunk (0 = off), remat
+                  dim_feedforward [1024], transformer_in_features [res3..res5], common_stride [4;
+                  2 adds an FPN level from a ResNet's stride-2 stem, masks at 1/2],
+                  mask_position [False: position-blind mask features], num_groups [32];
+                  deformable-attention memory knobs batch_mode ("vmap"|"map"), map_batch_size,
+                  query_chunk (0 = off), remat
   decoder         hidden_dim [256], num_queries [100], num_heads [8], dim_feedforward [2048],
                   dec_layers [9 = official DEC_LAYERS − 1], pre_norm [False],
                   enforce_input_proj [False]
@@ -43,7 +45,7 @@ from flax.core import FrozenDict
 from configs.common import ConfigDict
 from vis_jax.losses import criterion
 from vis_jax.models import backbones
-from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD
+from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD, STEM_STRIDE
 from vis_jax.models.base import Batch, Metrics, ModelBundle
 from vis_jax.models.mask2former import MultiScaleMaskedTransformerDecoder
 from vis_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
@@ -61,7 +63,7 @@ def default_config() -> ConfigDict:
       pixel_decoder=ConfigDict(dict(
           conv_dim=256, mask_dim=256, num_encoder_layers=6, num_heads=8, num_points=4,
           dim_feedforward=1024, transformer_in_features=("res3", "res4", "res5"),
-          common_stride=4, num_groups=32,
+          common_stride=4, mask_position=False, num_groups=32,
           batch_mode="vmap", map_batch_size=0, query_chunk=0, remat=False)),
       decoder=ConfigDict(dict(
           hidden_dim=256, num_queries=100, num_heads=8, dim_feedforward=2048, dec_layers=9,
@@ -126,6 +128,15 @@ class Mask2FormerModel(nn.Module):
   def setup(self):
     bb_cfg = dict(self.backbone_config)
     bb_cfg.setdefault("dtype", self.dtype)
+    strides = dict(FEATURE_STRIDES)
+    common_stride = int(self.pixel_decoder_config.get("common_stride", 4))
+    if common_stride < min(strides.values()):
+      # Masks finer than 1/4 need the stem's stride-2 map (ResNet only).
+      if common_stride != STEM_STRIDE or self.backbone_family != "resnet":
+        raise ValueError(f"pixel_decoder.common_stride={common_stride}: below 4 only 2 is "
+                         f"possible, with a ResNet backbone (got {bb_cfg['name']!r})")
+      bb_cfg["stem_feature"] = True
+      strides = {"stem": STEM_STRIDE, **strides}
     backbone = backbones.build_backbone(bb_cfg)
     if self.remat_backbone:
       kwargs = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)
@@ -139,9 +150,8 @@ class Mask2FormerModel(nn.Module):
     for key in _ZERO_IS_NONE:
       if not pd_cfg.get(key):
         pd_cfg[key] = None
-    in_features = tuple(FEATURE_STRIDES)
     self.pixel_decoder = MSDeformAttnPixelDecoder(
-        in_features=in_features, feature_strides=tuple(FEATURE_STRIDES[f] for f in in_features),
+        in_features=tuple(strides), feature_strides=tuple(strides.values()),
         dtype=self.dtype, **pd_cfg)
 
     self.predictor = self.decoder_class(

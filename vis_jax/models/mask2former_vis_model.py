@@ -267,7 +267,8 @@ class Mask2FormerVIS(ModelBundle):
       raise ValueError(f"config.model.inference: need clip_length >= 1 and 0 <= clip_overlap < "
                        f"clip_length, got {clip_length} and {cfg.clip_overlap}")
     starts = clip_linker.clip_starts(video.length, clip_length, stride)
-    mask_hw = (-(-video.resized_size[0] // 4), -(-video.resized_size[1] // 4))
+    mask_stride = int(self.config.model.pixel_decoder.common_stride)
+    mask_hw = (-(-video.resized_size[0] // mask_stride), -(-video.resized_size[1] // mask_stride))
     linker = clip_linker.ClipLinker(float(cfg.link_iou_threshold), bool(cfg.link_soft_iou),
                                     valid_hw=mask_hw)
     tracks = _TrackMasks(video, clip_length)

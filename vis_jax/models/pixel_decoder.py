@@ -192,6 +192,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
     num_points: sampling points per head and level.
     dim_feedforward: encoder FFN width (hard-coded 1024 officially).
     common_stride: stride of ``mask_features``; FPN levels are added down to it.
+    mask_position: add a learned linear map (zero at initialisation) of the 2-D sine position
+      encoding to the finest FPN map (``pre_mask_features``, hence ``mask_features``). Not in
+      the official module: without it a mask feature says nothing about where its pixel is, so
+      a query cannot tell two identical-looking objects apart (the CoordConv argument of SOLO);
+      small detectors trained from scratch merge same-class neighbours.
     num_groups: GroupNorm groups.
     dtype: compute dtype (the official decoder runs in fp32).
     param_dtype: parameter dtype.
@@ -207,6 +212,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
   num_points: int = 4
   dim_feedforward: int = 1024
   common_stride: int = 4
+  mask_position: bool = False
   num_groups: int = 32
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -286,6 +292,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
                                                            .astype(self.dtype))
       y = lateral + resize_bilinear(outs[-1], lateral.shape[1:3])
       outs.append(ConvNorm(c, 3, relu=True, name=f"layer_{k}", **kw)(y))
+    if self.mask_position:
+      h, w = outs[-1].shape[1:3]
+      position = nn.Dense(c, use_bias=False, kernel_init=nn.initializers.zeros,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name="mask_position")(
+                              sine_position_2d((batch, h, w), c // 2).astype(self.dtype))
+      outs[-1] = outs[-1] + position
 
     mask_features = nn.Conv(self.mask_dim, (1, 1), dtype=self.dtype,
                             param_dtype=self.param_dtype, kernel_init=c2_xavier_init,

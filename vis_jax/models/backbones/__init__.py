@@ -32,6 +32,9 @@ PIXEL_MEAN = (123.675, 116.280, 103.530)
 PIXEL_STD = (58.395, 57.120, 57.375)
 SIZE_DIVISIBILITY = 32
 FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+# ResNet's optional stride-2 stem activation (``ResNet.stem_feature``), for a pixel decoder whose
+# ``common_stride`` is 2.
+STEM_STRIDE = 2
 
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     "resnet18": dict(family="resnet", depth=18, res2_out_channels=64),
@@ -149,6 +152,7 @@ __all__ = [
     "BACKBONE_PRESETS",
     "FEATURE_STRIDES",
     "FROZEN_BN",
+    "STEM_STRIDE",
     "PIXEL_MEAN",
     "PIXEL_STD",
     "ResNet",

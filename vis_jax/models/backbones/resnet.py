@@ -135,7 +135,8 @@ class ConvNorm(nn.Module):
 
 
 class BasicStem(nn.Module):
-  """7×7/2 conv + FrozenBN + ReLU + 3×3/2 max-pool (pad 1): ``[B,H,W,3]`` → ``[B,H/4,W/4,C]``."""
+  """7×7/2 conv + FrozenBN + ReLU + 3×3/2 max-pool (pad 1): ``[B,H,W,3]`` → ``[B,H/4,W/4,C]``
+  (and the ``[B,H/2,W/2,C]`` activation before the pool)."""
 
   features: int = 64
   norm: str = "FrozenBN"
@@ -143,12 +144,12 @@ class BasicStem(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = ConvNorm(self.features, 7, 2, 3, self.norm, self.norm_groups, dtype=self.dtype,
                  name="conv1")(x)
     x = nn.relu(x)
     # flax pads max-pool windows with -inf, as F.max_pool2d does.
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), x
 
 
 class BasicBlock(nn.Module):
@@ -246,6 +247,8 @@ class ResNet(nn.Module):
       stage.
     norm: ``"FrozenBN"`` (official) or ``"GN"`` (trainable GroupNorm, for training from scratch).
     norm_groups: GroupNorm groups (``gcd`` with each layer's channels).
+    stem_feature: also return ``"stem"``, the stem's stride-2 activation before its max-pool
+      (a pixel decoder with ``common_stride=2`` builds its finest FPN level from it).
     dtype: compute dtype (parameters and BN statistics stay float32).
   """
 
@@ -258,6 +261,7 @@ class ResNet(nn.Module):
   width_per_group: int = 64
   norm: str = "FrozenBN"
   norm_groups: int = 32
+  stem_feature: bool = False
   dtype: Dtype = jnp.float32
 
   @property
@@ -279,7 +283,8 @@ class ResNet(nn.Module):
 
     Returns:
       ``{"res2": [B, H/4, W/4, C2], "res3": [B, H/8, W/8, 2·C2], "res4": [.., H/16, .., 4·C2],
-      "res5": [B, H/32, W/32, 8·C2]}`` in ``dtype`` (C2 = 256 for R50/101, 64 for R18/34).
+      "res5": [B, H/32, W/32, 8·C2]}`` in ``dtype`` (C2 = 256 for R50/101, 64 for R18/34),
+      with ``stem_feature`` also ``"stem": [B, H/2, W/2, stem_out_channels]``.
     """
     if self.depth not in NUM_BLOCKS:
       raise ValueError(f"ResNet depth {self.depth} not in {sorted(NUM_BLOCKS)}")
@@ -290,10 +295,10 @@ class ResNet(nn.Module):
     if self.norm not in NORMS:
       raise ValueError(f"ResNet norm {self.norm!r} not in {NORMS}")
     norm = dict(norm=self.norm, norm_groups=self.norm_groups, dtype=self.dtype)
-    x = BasicStem(self.stem_out_channels, **norm, name="stem")(images)
+    x, pre_pool = BasicStem(self.stem_out_channels, **norm, name="stem")(images)
     if self.freeze_at >= 1:
-      x = jax.lax.stop_gradient(x)
-    features = {}
+      x, pre_pool = jax.lax.stop_gradient((x, pre_pool))
+    features = {"stem": pre_pool} if self.stem_feature else {}
     for i, (name, n) in enumerate(zip(STAGES, blocks, strict=True)):
       x = ResNetStage(n, self.res2_out_channels * 2**i, self.width_per_group * 2**i,
                       first_stride=1 if i == 0 else 2, bottleneck=self.bottleneck,

@@ -1,0 +1,86 @@
+"""Detector report: frame AP and best-query IoU of oracle detectors with known answers."""
+
+import numpy as np
+import pytest
+
+from configs import common
+from configs import datasets as presets
+from input_pipeline.frames import decode_segmentation
+from vis_jax import detector_report
+from vis_jax.models import mask2former_model
+
+NUM_CLASSES = 7
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  c = common.base_config()
+  presets.apply(c, "synthetic")
+  common.apply_smoke(c)
+  c.model_name = "mask2former"
+  c.model = mask2former_model.default_config()
+  c.data.synthetic.root = str(tmp_path_factory.mktemp("synthetic"))
+  # Test size = stored size (short side 96), so stride 1 reproduces the frames' grid exactly.
+  c.input.min_size_test = c.data.synthetic.short_side
+  c.input.max_size_test = 1000
+  return common.validate(c)
+
+
+def _oracle(stride: int, wrong_class: bool = False):
+  """A detector whose queries are the present GT masks taken to the output grid (one query
+  per instance, class logit 10 on the true — or a wrong — class) plus two empty queries."""
+  def predict_frame(video, index):
+    h, w = video.original_size
+    tracks = [t for t in video.tracks if t.segmentations[index] is not None]
+    gt = np.stack([decode_segmentation(t.segmentations[index], h, w) for t in tracks]
+                  ) if tracks else np.zeros((0, h, w), bool)
+    grid = detector_report.ceiling_grid(gt, video, stride)
+    grid_h, grid_w = grid.shape[1:]
+    masks = np.concatenate([grid, np.full((2, grid_h, grid_w), -10.0)])
+    logits = np.zeros((len(tracks) + 2, NUM_CLASSES + 1), np.float32)
+    for i, t in enumerate(tracks):
+      logits[i, (t.label + 1) % NUM_CLASSES if wrong_class else t.label] = 10.0
+    logits[len(tracks):, -1] = 10.0
+    return logits, masks
+  return predict_frame
+
+
+def test_exact_masks_score_100_and_wrong_classes_0(config):
+  c = common.ConfigDict(config.to_dict())
+  c.model.pixel_decoder.common_stride = 1
+  right = detector_report.report(c, _oracle(1), every=3)
+  assert right["instance_frames"] > 0
+  assert right["best_query_iou"] == right["resolution_ceiling_iou"] == 1.0
+  assert right["best_query_class_accuracy"] == 1.0
+  assert right["frame_AP"] == right["frame_AP50"] == right["frame_AR10"] == 100.0
+  # top-1: the true class, at probability ~1e-4, would otherwise be a (low-ranked) detection.
+  wrong = detector_report.report(c, _oracle(1, wrong_class=True), every=3, top_k=1)
+  assert wrong["best_query_iou"] == 1.0 and wrong["best_query_class_accuracy"] == 0.0
+  assert wrong["frame_AP"] == 0.0
+  assert wrong["frames"] == right["frames"] == sum(
+      len(range(0, v.length, 3)) for v in detector_report.make_eval_source(
+          c, detector_report.runner.eval_data_from_config(c).loaded))
+
+
+def test_coarse_grid_best_query_iou_equals_resolution_ceiling(config):
+  result = detector_report.report(config, _oracle(4), every=5)
+  # The best query is at least the instance's own (ceiling) mask; a neighbour's mask rarely
+  # overlaps an occluded instance more.
+  assert 0.5 < result["resolution_ceiling_iou"] <= result["best_query_iou"] < 1.0
+  assert result["best_query_iou"] == pytest.approx(result["resolution_ceiling_iou"], abs=0.01)
+  quantiles = result["best_query_iou_quantiles"]
+  assert quantiles["p10"] <= quantiles["p50"] <= quantiles["p90"] <= 1.0
+
+
+def test_ious_hand_computed():
+  pred = np.zeros((2, 4, 4), bool)
+  pred[0, :2, :2] = True          # 4 pixels
+  pred[1, :, :] = True            # 16 pixels
+  gt = np.zeros((1, 4, 4), bool)
+  gt[0, :2, :] = True             # 8 pixels; overlaps 4 and 8
+  np.testing.assert_allclose(detector_report._ious(pred, gt), [[4 / 8], [8 / 16]])
+
+
+def test_cli_names_a_missing_workdir(tmp_path, capsys):
+  assert detector_report.main(["--workdir", str(tmp_path / "nowhere")]) == 2
+  assert "nowhere" in capsys.readouterr().err

@@ -1,0 +1,236 @@
+"""How good is a frame detector? Per-frame mask quality of a trained Mask2Former (or of VITA's
+frame detector) on the annotated frames of the evaluation videos.
+
+CLI (exit code 2 with a one-line message on bad input)::
+
+  python -m vis_jax.detector_report (--workdir DIR [--step N] | --checkpoint DIR)
+      [--every 3] [--top-k 10] [--max-videos N] [--output FILE.json] [--config.a.b=value ...]
+
+Every ``--every``-th frame of every evaluation video (``config.data.eval``, or the local
+validation split) goes through the detector at the test size (``config.input.min_size_test``;
+override it to study resolution). The JSON report (printed, and written to ``--output``):
+
+* ``frame_AP``, ``frame_AP50``, ``frame_AP75``, ``frame_AR10``: the YouTube-VIS metric with each
+  frame as a one-frame video (COCO mask AP on frames). Detections are Mask2Former's instance
+  inference: top-k over queries × classes, score = class probability × mask score.
+* ``best_query_iou``: mean over annotated (instance, frame) pairs of the best IoU any query's
+  mask reaches at the original frame size — mask quality without the classifier or the ranking
+  (``best_query_iou_quantiles``: its distribution; gross failures sit in the low quantiles).
+  ``best_query_class_accuracy``: how often that query's most likely class is the true one.
+* ``resolution_ceiling_iou``: the same mean for the ground truth itself taken to the detector's
+  output grid (area-averaged to 1/``common_stride`` of the test size) and back through the
+  predictions' upsampling — the most this output resolution allows.
+
+For a VITA workdir the detector's parameters are those under ``detector``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pycocotools import mask as mask_util
+
+from input_pipeline import frames, transforms
+from input_pipeline.pipeline import EvalVideo, make_eval_source
+from vis_jax import evaluate as ytvis_eval
+from vis_jax import predict
+from vis_jax.evaluation import runner
+from vis_jax.inference import postprocess
+from vis_jax.models.mask2former_model import Mask2FormerModel
+
+
+def _detector(config: Any, params: Any, model_state: Any) -> tuple[Mask2FormerModel, Any]:
+  """The Mask2Former of ``config`` and its variables (VITA: the ``detector`` subtree)."""
+  if config.model_name not in ("mask2former", "vita"):
+    raise predict.PredictError(f"config.model_name {config.model_name!r}: the report reads a "
+                               "Mask2Former image model or VITA's frame detector")
+  module = Mask2FormerModel.from_config(config.model, config.data.num_classes, config.dtype)
+  if config.model_name == "vita":
+    params = params["detector"]
+    model_state = {k: v["detector"] for k, v in model_state.items() if "detector" in v}
+  return module, {"params": params, **model_state}
+
+
+def _frame(video: EvalVideo, index: int) -> np.ndarray:
+  """Frame ``index`` resized to the test size and zero padded: ``[1, H, W, 3]`` uint8."""
+  h, w = video.resized_size
+  image = np.zeros((1, *video.padded_size, 3), np.uint8)
+  image[0, :h, :w] = transforms.resize_image(frames.read_frame(video.record, index), (h, w))
+  return image
+
+
+def _to_original(grid_logits: np.ndarray, video: EvalVideo) -> np.ndarray:
+  """``[n, h, w]`` logits on the output grid → bool ``[n, H0, W0]`` (the predictions' chain)."""
+  masks, _, _ = postprocess._upsample_chunk(  # noqa: SLF001 (one chain for all callers)
+      jnp.asarray(grid_logits[:, None]), jnp.ones((1,), bool), tuple(video.padded_size),
+      tuple(video.resized_size), tuple(video.original_size))
+  return np.asarray(masks)[:, 0]
+
+
+def ceiling_grid(gt: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
+  """GT ``[g, H0, W0]`` bool → logits ``[g, h, w]`` on the output grid (area average; 0 ↔
+  half covered; padding −1)."""
+  h, w = video.resized_size
+  grid_h, grid_w = video.padded_size[0] // stride, video.padded_size[1] // stride
+  inner = (round(h / stride), round(w / stride))
+  small = jax.image.resize(jnp.asarray(gt, jnp.float32), (gt.shape[0], *inner), "linear",
+                           antialias=True)
+  grid = jnp.full((gt.shape[0], grid_h, grid_w), -1.0).at[:, :inner[0], :inner[1]].set(
+      small * 2.0 - 1.0)
+  return np.asarray(grid)
+
+
+def ceiling_masks(gt: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
+  """GT ``[g, H0, W0]`` → the output grid → back through the predictions' upsampling."""
+  return _to_original(ceiling_grid(gt, video, stride), video)
+
+
+def _ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """``[n, H, W]`` × ``[g, H, W]`` bool → IoU ``[n, g]``."""
+  p = pred.reshape(pred.shape[0], -1).astype(np.float32)
+  g = gt.reshape(gt.shape[0], -1).astype(np.float32)
+  inter = p @ g.T
+  union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
+  return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+  rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+  rle["counts"] = rle["counts"].decode("ascii")
+  return rle
+
+
+def _quantiles(values: Sequence[float]) -> dict[str, float]:
+  """10/25/50/75/90th percentiles (``{}`` for no values)."""
+  if not values:
+    return {}
+  return {f"p{q}": float(np.percentile(values, q)) for q in (10, 25, 50, 75, 90)}
+
+
+# (video, frame index) → (class logits [Q, K+1], mask logits [Q, h, w] on the output grid).
+FramePredictor = Callable[[EvalVideo, int], tuple[np.ndarray, np.ndarray]]
+
+
+def detector_predictor(config: Any, params: Any, model_state: Any) -> FramePredictor:
+  """The trained detector of ``config`` as a ``FramePredictor`` (one compiled forward)."""
+  module, variables = _detector(config, params, model_state)
+  forward = jax.jit(lambda v, x: module.apply(v, x))
+
+  def predict_frame(video: EvalVideo, index: int) -> tuple[np.ndarray, np.ndarray]:
+    out = forward(variables, _frame(video, index))
+    return (np.asarray(out["pred_logits"][0], np.float32),
+            np.asarray(out["pred_masks"][0], np.float32))
+
+  return predict_frame
+
+
+def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: int = 10,
+           max_videos: int | None = None) -> dict[str, Any]:
+  """Scores ``predict_frame`` on every ``every``-th frame of the evaluation videos; see the
+  module docstring for the returned fields."""
+  if every < 1 or top_k < 1:
+    raise ValueError(f"--every and --top-k must be >= 1 (got {every}, {top_k})")
+  stride = int(config.model.pixel_decoder.common_stride)
+  data = runner.eval_data_from_config(config)
+  label_to_category = data.loaded.label_to_category_id
+  source = make_eval_source(config, data.loaded)
+  videos = list(source)[:max_videos] if max_videos else list(source)
+
+  gt_videos, gt_annotations, results = [], [], []
+  best_iou, best_correct, ceiling = [], [], []
+  start = time.perf_counter()
+  for video in videos:
+    height, width = video.original_size
+    for index in range(0, video.length, every):
+      tracks = [t for t in video.tracks if t.segmentations[index] is not None and not t.iscrowd]
+      frame_id = len(gt_videos) + 1
+      gt_videos.append({"id": frame_id, "height": height, "width": width, "length": 1,
+                        "file_names": [f"{video.video_id}/{index}"]})
+      gt = np.stack([frames.decode_segmentation(t.segmentations[index], height, width)
+                     for t in tracks]) if tracks else np.zeros((0, height, width), bool)
+      for t, mask in zip(tracks, gt, strict=True):
+        gt_annotations.append({
+            "id": len(gt_annotations) + 1, "video_id": frame_id, "iscrowd": 0,
+            "category_id": int(label_to_category[t.label]), "segmentations": [_rle(mask)],
+            "areas": [float(mask.sum())]})
+
+      logits, grid = predict_frame(video, index)                    # [Q, K+1], [Q, h, w]
+      masks = _to_original(grid, video)                             # [Q, H0, W0]
+      scores, labels, queries = postprocess.select_topk(logits, top_k)
+      _, numerator, denominator = postprocess.upsample_and_encode(
+          grid[queries][:, None], None, video.padded_size, video.resized_size,
+          video.original_size)
+      mask_scores = numerator / (denominator + 1e-6)
+      for score, label, query, mask_score in zip(scores, labels, queries, mask_scores,
+                                                 strict=True):
+        results.append({"video_id": frame_id, "score": float(score * mask_score),
+                        "category_id": int(label_to_category[int(label)]),
+                        "segmentations": [_rle(masks[query])]})
+      if tracks:
+        ious = _ious(masks, gt)                                     # [Q, g]
+        best = ious.argmax(0)
+        best_iou.extend(ious.max(0).tolist())
+        classes = logits[:, :-1].argmax(-1)
+        best_correct.extend((classes[best] == [t.label for t in tracks]).tolist())
+        ceiling.extend(np.diag(_ious(ceiling_masks(gt, video, stride), gt)).tolist())
+
+  categories = [{"id": int(c), "name": str(c)} for c in sorted(set(label_to_category.values()))]
+  scored = ytvis_eval.evaluate({"videos": gt_videos, "annotations": gt_annotations,
+                                "categories": categories}, results)
+  return {
+      "frames": len(gt_videos),
+      "instance_frames": len(best_iou),
+      "test_size": [int(config.input.min_size_test), int(config.input.max_size_test)],
+      "frame_AP": 100.0 * float(scored.stats["AP"]),
+      "frame_AP50": 100.0 * float(scored.stats["AP50"]),
+      "frame_AP75": 100.0 * float(scored.stats["AP75"]),
+      "frame_AR10": 100.0 * float(scored.stats["AR10"]),
+      "best_query_iou": float(np.mean(best_iou)) if best_iou else float("nan"),
+      "best_query_iou_quantiles": _quantiles(best_iou),
+      "best_query_class_accuracy": float(np.mean(best_correct)) if best_correct else float("nan"),
+      "resolution_ceiling_iou": float(np.mean(ceiling)) if ceiling else float("nan"),
+      "seconds": round(time.perf_counter() - start, 2),
+  }
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m vis_jax.detector_report",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", help="training workdir (config.json + checkpoints/)")
+  p.add_argument("--checkpoint", help="exported model directory (variables/ + config.json)")
+  p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+  p.add_argument("--every", type=int, default=3, help="use every N-th frame (default 3)")
+  p.add_argument("--top-k", type=int, default=10, help="detections per frame (default 10)")
+  p.add_argument("--max-videos", type=int, help="only the first N evaluation videos")
+  p.add_argument("--output", help="also write the report to this JSON file")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args, overrides = _parser().parse_known_args(argv)
+  try:
+    config, params, model_state = predict.load_model(args.workdir, args.checkpoint, args.step,
+                                                     overrides)
+    result = report(config, detector_predictor(config, params, model_state), args.every,
+                    args.top_k, args.max_videos)
+  except (predict.PredictError, ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.output:
+    with open(args.output, "w") as f:
+      f.write(text + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
