@@ -328,7 +328,7 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
       "frame_queries": (fns["frame_queries"], (variables, images, valid), {}),
       "video": (fns["video"], (variables, np.zeros((padded_t, *q_shape.shape[1:]), np.float32),
                                np.arange(padded_t) < length), {}),
-      "upsample": (postprocess._upsample_chunk,  # noqa: SLF001
+      "upsample": (postprocess.upsample_chunk,
                    (low, jnp.arange(chunk) < chunk),
                    {"padded_hw": tuple(video.padded_size), "resized_hw": tuple(video.resized_size),
                     "original_hw": tuple(video.original_size)}),
@@ -352,8 +352,8 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
   # Meter the pieces predict_video calls (they block, as its np.asarray calls do anyway).
   for name in ("frame_queries", "video", "masks", "masks_from_features"):
     fns[name] = meter.wrap(name, fns[name])
-  upsample = postprocess._upsample_chunk  # noqa: SLF001
-  postprocess._upsample_chunk = meter.wrap("upsample", upsample)  # noqa: SLF001
+  upsample = postprocess.upsample_chunk
+  postprocess.upsample_chunk = meter.wrap("upsample", upsample)
 
   rss_before_trim_kb = _trimmed_rss_kb()
   meter.checkpoint("before_inference")
@@ -366,7 +366,7 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
   predictions = bundle.predict_video(params, model_state, video)
   seconds = time.perf_counter() - t0
   meter.checkpoint("host")
-  postprocess._upsample_chunk = upsample  # noqa: SLF001
+  postprocess.upsample_chunk = upsample
   rss_after_kb = _status_kb("VmRSS")
   rss_after_trim_kb = _trimmed_rss_kb()
 

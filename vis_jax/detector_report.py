@@ -36,13 +36,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pycocotools import mask as mask_util
 
 from input_pipeline import frames, transforms
 from input_pipeline.pipeline import EvalVideo, make_eval_source
 from vis_jax import evaluate as ytvis_eval
 from vis_jax import predict
 from vis_jax.evaluation import runner
+from vis_jax.evaluation.submission import encode_results
 from vis_jax.inference import postprocess
 from vis_jax.models.mask2former_model import Mask2FormerModel
 
@@ -67,12 +67,13 @@ def _frame(video: EvalVideo, index: int) -> np.ndarray:
   return image
 
 
-def _to_original(grid_logits: np.ndarray, video: EvalVideo) -> np.ndarray:
-  """``[n, h, w]`` logits on the output grid → bool ``[n, H0, W0]`` (the predictions' chain)."""
-  masks, _, _ = postprocess._upsample_chunk(  # noqa: SLF001 (one chain for all callers)
+def _to_original(grid_logits: np.ndarray, video: EvalVideo) -> tuple[np.ndarray, np.ndarray]:
+  """``[n, h, w]`` logits on the output grid → (bool ``[n, H0, W0]``, mask scores ``[n]``),
+  through the predictions' upsampling chain."""
+  masks, numerator, denominator = postprocess.upsample_chunk(
       jnp.asarray(grid_logits[:, None]), jnp.ones((1,), bool), tuple(video.padded_size),
       tuple(video.resized_size), tuple(video.original_size))
-  return np.asarray(masks)[:, 0]
+  return np.asarray(masks)[:, 0], np.asarray(numerator) / (np.asarray(denominator) + 1e-6)
 
 
 def ceiling_grid(gt: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
@@ -90,7 +91,7 @@ def ceiling_grid(gt: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
 
 def ceiling_masks(gt: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
   """GT ``[g, H0, W0]`` → the output grid → back through the predictions' upsampling."""
-  return _to_original(ceiling_grid(gt, video, stride), video)
+  return _to_original(ceiling_grid(gt, video, stride), video)[0]
 
 
 def _ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -100,12 +101,6 @@ def _ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
   inter = p @ g.T
   union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
   return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-  rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-  rle["counts"] = rle["counts"].decode("ascii")
-  return rle
 
 
 def _quantiles(values: Sequence[float]) -> dict[str, float]:
@@ -156,24 +151,20 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
                         "file_names": [f"{video.video_id}/{index}"]})
       gt = np.stack([frames.decode_segmentation(t.segmentations[index], height, width)
                      for t in tracks]) if tracks else np.zeros((0, height, width), bool)
-      for t, mask in zip(tracks, gt, strict=True):
+      gt_categories = [int(label_to_category[t.label]) for t in tracks]
+      for ann, mask in zip(encode_results(frame_id, gt[:, None], [1.0] * len(tracks),
+                                          gt_categories), gt, strict=True):
         gt_annotations.append({
             "id": len(gt_annotations) + 1, "video_id": frame_id, "iscrowd": 0,
-            "category_id": int(label_to_category[t.label]), "segmentations": [_rle(mask)],
+            "category_id": ann["category_id"], "segmentations": ann["segmentations"],
             "areas": [float(mask.sum())]})
 
       logits, grid = predict_frame(video, index)                    # [Q, K+1], [Q, h, w]
-      masks = _to_original(grid, video)                             # [Q, H0, W0]
+      masks, mask_scores = _to_original(grid, video)                # [Q, H0, W0], [Q]
       scores, labels, queries = postprocess.select_topk(logits, top_k)
-      _, numerator, denominator = postprocess.upsample_and_encode(
-          grid[queries][:, None], None, video.padded_size, video.resized_size,
-          video.original_size)
-      mask_scores = numerator / (denominator + 1e-6)
-      for score, label, query, mask_score in zip(scores, labels, queries, mask_scores,
-                                                 strict=True):
-        results.append({"video_id": frame_id, "score": float(score * mask_score),
-                        "category_id": int(label_to_category[int(label)]),
-                        "segmentations": [_rle(masks[query])]})
+      results.extend(encode_results(
+          frame_id, masks[queries][:, None], scores * mask_scores[queries],
+          [int(label_to_category[int(label)]) for label in labels]))
       if tracks:
         ious = _ious(masks, gt)                                     # [Q, g]
         best = ious.argmax(0)

@@ -51,9 +51,9 @@ def select_topk(pred_logits: np.ndarray | jax.Array, k: int
 
 
 @functools.partial(jax.jit, static_argnames=("padded_hw", "resized_hw", "original_hw"))
-def _upsample_chunk(logits: jax.Array, frame_valid: jax.Array, padded_hw: tuple[int, int],
-                    resized_hw: tuple[int, int], original_hw: tuple[int, int]
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def upsample_chunk(logits: jax.Array, frame_valid: jax.Array, padded_hw: tuple[int, int],
+                   resized_hw: tuple[int, int], original_hw: tuple[int, int]
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``[k, t, h, w]`` logits → (binary masks ``[k, t, H0, W0]``, score numerator and
   denominator ``[k]`` over the valid frames ``frame_valid [t]`` of this chunk)."""
   k, t = logits.shape[:2]
@@ -86,7 +86,7 @@ def upsample_and_encode(mask_logits: np.ndarray | jax.Array, num_valid: int | No
   t = mask_logits.shape[1] if num_valid is None else int(num_valid)
   # A validity mask instead of slicing keeps one compiled shape per chunk size.
   frame_valid = jnp.arange(mask_logits.shape[1]) < t
-  masks, numerator, denominator = _upsample_chunk(
+  masks, numerator, denominator = upsample_chunk(
       jnp.asarray(mask_logits), frame_valid, tuple(int(s) for s in padded_hw),
       tuple(int(s) for s in resized_hw), tuple(int(s) for s in original_hw))
   masks = np.asarray(masks)
