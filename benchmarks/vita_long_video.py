@@ -135,13 +135,13 @@ class FrameNames(Sequence[str]):
 
 def procedural_video(config: Any, length: int, seed: int = 0) -> tuple[Any, ProceduralFrames]:
   """An ``EvalVideo`` at the config's test size whose frames are generated lazily."""
-  from input_pipeline import pipeline
+  from input_pipeline import eval_source
   from input_pipeline.records import VideoRecord
 
   frames = ProceduralFrames(length, HEIGHT, WIDTH, seed)
   record = VideoRecord(source="procedural", video_id=1, frame_paths=FrameNames(length),  # type: ignore[arg-type]
                        height=HEIGHT, width=WIDTH, frame_bytes=frames)  # type: ignore[arg-type]
-  source = pipeline.EvalSource([record], config.input.min_size_test, config.input.max_size_test,
+  source = eval_source.EvalSource([record], config.input.min_size_test, config.input.max_size_test,
                                config.input.size_divisibility)
   return source[0], frames
 

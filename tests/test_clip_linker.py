@@ -161,7 +161,7 @@ def test_iter_clips_reads_each_frame_once_and_yields_the_right_frames(monkeypatc
   """Frames carry their index as pixel value; a fake reader counts reads."""
   import types
 
-  from input_pipeline import pipeline
+  from input_pipeline import eval_source
 
   reads = []
 
@@ -170,9 +170,9 @@ def test_iter_clips_reads_each_frame_once_and_yields_the_right_frames(monkeypatc
       n = min(chunk_size, video.length - start)
       reads.extend(range(start, start + n))
       images = np.arange(start, start + n, dtype=np.uint8)[:, None, None, None]
-      yield pipeline.FrameChunk(start, np.broadcast_to(images, (n, 2, 2, 3)), n)
+      yield eval_source.FrameChunk(start, np.broadcast_to(images, (n, 2, 2, 3)), n)
 
-  monkeypatch.setattr(pipeline, "iter_frame_chunks", fake_chunks)
+  monkeypatch.setattr(eval_source, "iter_frame_chunks", fake_chunks)
   video = types.SimpleNamespace(length=11)
   clips = list(clip_linker.iter_clips(video, clip_length=4, stride=3, read_chunk=2))
   assert [s for s, _ in clips] == [0, 3, 6, 7]

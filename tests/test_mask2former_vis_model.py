@@ -29,7 +29,7 @@ import pytest
 from flax import traverse_util
 
 from configs import common
-from input_pipeline import datasets, pipeline
+from input_pipeline import datasets, eval_source
 from vis_jax import checkpointing, convert
 from vis_jax.inference import clip_linker
 from vis_jax.models import registry
@@ -147,7 +147,7 @@ def vis_setup():
   config = importlib.import_module("configs.m2f_vis_synthetic").get_config("smoke")
   bundle = registry.get_bundle(config)
   loaded = datasets.build_source("__eval__", config.data.eval, config, for_training=False)
-  video = max(pipeline.make_eval_source(config, loaded), key=lambda v: v.length)
+  video = max(eval_source.make_eval_source(config, loaded), key=lambda v: v.length)
   t = config.input.num_frames
   h, w = video.padded_size
   dummy = {"images": jnp.zeros((1, t, h, w, 3), jnp.uint8), "image_valid": jnp.ones((1, h, w),

@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from configs import common
-from input_pipeline import frames, pipeline, transforms
+from input_pipeline import eval_source, frames, pipeline, transforms
 from input_pipeline.records import InstanceTrack, VideoRecord
 
 # ---- tiny datasets ---------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_bad_frame_skipped_and_counted(tmp_path, how):
 def test_eval_source_sizes_and_chunks(tmp_path, monkeypatch):
   record = make_video(tmp_path, 5, length=7, h=60, w=80, num_tracks=2)
   c = small_config()
-  source = pipeline.make_eval_source(c, loaded([record]))
+  source = eval_source.make_eval_source(c, loaded([record]))
   assert len(source) == 1
   video = source[0]
   # 80 * 32 / 60 = 42.67 -> 43; padded to multiples of 32.
@@ -364,7 +364,7 @@ def test_eval_source_sizes_and_chunks(tmp_path, monkeypatch):
   # Only count this video's reads: other tests' iterators may still prefetch in threads.
   monkeypatch.setattr(frames, "read_frame",
                       lambda r, i: (r is record and reads.append(i)) or real_read(r, i))
-  chunks = pipeline.iter_frame_chunks(video, 3)
+  chunks = eval_source.iter_frame_chunks(video, 3)
   first = next(chunks)
   assert reads == [0, 1, 2]  # lazily: only the first chunk has been read
   rest = list(chunks)
@@ -373,7 +373,7 @@ def test_eval_source_sizes_and_chunks(tmp_path, monkeypatch):
   frame6 = np.asarray(Image.open(record.frame_paths[6]).resize((43, 32), Image.BILINEAR))
   np.testing.assert_array_equal(rest[-1].images[0, :32, :43], frame6)
   assert not rest[-1].images[0, :, 43:].any()
-  padded = list(pipeline.iter_frame_chunks(video, 3, pad_last=True))
+  padded = list(eval_source.iter_frame_chunks(video, 3, pad_last=True))
   assert padded[-1].images.shape == (3, 32, 64, 3) and padded[-1].num_valid == 1
   assert not padded[-1].images[1:].any()
 
@@ -381,7 +381,7 @@ def test_eval_source_sizes_and_chunks(tmp_path, monkeypatch):
 def test_eval_source_process_split(tmp_path):
   records = [dataclasses.replace(make_video(tmp_path, 0, length=1), video_id=v) for v in range(5)]
   c = small_config()
-  ids = [[v.video_id for v in pipeline.make_eval_source(c, records, p, 2)] for p in range(2)]
+  ids = [[v.video_id for v in eval_source.make_eval_source(c, records, p, 2)] for p in range(2)]
   assert sorted(ids[0] + ids[1]) == list(range(5)) and not set(ids[0]) & set(ids[1])
 
 
@@ -402,11 +402,11 @@ def test_eval_source_square_padding(tmp_path):
   portrait = make_video(tmp_path, 6, length=3, h=80, w=60, num_tracks=1)
   c = small_config()
   c.input.test_pad_square = True
-  source = pipeline.make_eval_source(c, loaded([landscape, portrait]))
+  source = eval_source.make_eval_source(c, loaded([landscape, portrait]))
   # Resized as without the option (shorter side 32, cap max_size_test); one square padding:
   # ceil(max(max_size_test, 64) / 32) * 32 for every video.
   side = -(-max(c.input.max_size_test, 64) // 32) * 32
   assert source[0].resized_size == (32, 43) and source[1].resized_size == (43, 32)
   assert source[0].padded_size == source[1].padded_size == (side, side)
-  chunk = next(pipeline.iter_frame_chunks(source[1], 3))
+  chunk = next(eval_source.iter_frame_chunks(source[1], 3))
   assert chunk.images.shape == (3, side, side, 3) and not chunk.images[:, 43:].any()

@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from configs import common, vita_r50_ovis, vita_r50_ytvis19, vita_synthetic
-from input_pipeline import category_maps, pipeline
+from input_pipeline import category_maps, eval_source
 from vis_jax import checkpointing, predict, visualize
 from vis_jax.models import registry
 from vis_jax.models.base import ModelBundle
@@ -55,7 +55,7 @@ class StandIn(ModelBundle):
     h, w = video.original_size
     means, count = [], 0
     rh, rw = video.resized_size
-    for chunk in pipeline.iter_frame_chunks(video, 4):
+    for chunk in eval_source.iter_frame_chunks(video, 4):
       for k in range(chunk.num_valid):
         means.append(float(chunk.images[k, :rh, :rw].mean()))
       count += chunk.num_valid

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from input_pipeline import datasets, pipeline
+from input_pipeline import datasets, eval_source
 from vis_jax.models import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def vita_setup():
   config = importlib.import_module("configs.vita_synthetic").get_config("smoke")
   bundle = registry.get_bundle(config)
   loaded = datasets.build_source("__eval__", config.data.eval, config, for_training=False)
-  video = pipeline.make_eval_source(config, loaded)[0]
+  video = eval_source.make_eval_source(config, loaded)[0]
   b, t = 1, config.input.num_frames
   h, w = video.padded_size
   dummy = {"images": jnp.zeros((b, t, h, w, 3), jnp.uint8),

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from input_pipeline import frames, transforms
-from input_pipeline.pipeline import EvalVideo, make_eval_source
+from input_pipeline.eval_source import EvalVideo, make_eval_source
 from vis_jax import evaluate as ytvis_eval
 from vis_jax import predict
 from vis_jax.evaluation import runner

@@ -46,7 +46,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from configs import common
-from input_pipeline import category_maps, frames, pipeline
+from input_pipeline import category_maps, eval_source, frames
 from input_pipeline.datasets import DataError, load_json, load_ytvis
 from input_pipeline.records import VideoRecord
 from vis_jax import checkpointing, visualize
@@ -373,8 +373,8 @@ def open_inputs(path: str, stack: contextlib.ExitStack, frames_root: str | None 
 
 
 def predict_videos(bundle: ModelBundle, params: Any, model_state: Any,
-                   videos: Iterable[pipeline.EvalVideo], progress: bool = False
-                   ) -> Iterator[tuple[pipeline.EvalVideo, list[dict[str, Any]]]]:
+                   videos: Iterable[eval_source.EvalVideo], progress: bool = False
+                   ) -> Iterator[tuple[eval_source.EvalVideo, list[dict[str, Any]]]]:
   """Yields ``(video, predictions)`` one video at a time (``bundle.predict_video`` format).
 
   Raises:
@@ -411,7 +411,7 @@ def _name_of(names: Sequence[str] | Mapping[int, str], label: int) -> str:
     return f"class_{label}"
 
 
-def render_video(video: pipeline.EvalVideo, predictions: Sequence[Mapping[str, Any]],
+def render_video(video: eval_source.EvalVideo, predictions: Sequence[Mapping[str, Any]],
                  out_path: str, names: Sequence[str] | Mapping[int, str],
                  threshold: float = 0.5, fps: float = 10.0, *, gif: bool = True,
                  sheet: bool = True, gif_max_frames: int = GIF_MAX_FRAMES,
@@ -496,7 +496,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[str, An
     label_to_category_id = {i: c["id"] for i, c in enumerate(categories)}
     names = [c["name"] for c in categories]
     bundle = registry.get_bundle(config)
-    source = pipeline.make_eval_source(config, inputs.records)
+    source = eval_source.make_eval_source(config, inputs.records)
     name_of = dict(zip((r.video_id for r in inputs.records), inputs.names, strict=True))
     os.makedirs(args.output, exist_ok=True)
     results, rendered = [], []

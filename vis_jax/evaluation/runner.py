@@ -25,12 +25,12 @@ from typing import Any
 import jax
 
 from configs import common
-from input_pipeline import datasets, holdout, pipeline
+from input_pipeline import datasets, eval_source, holdout
 from vis_jax import evaluate as ytvis_eval
 from vis_jax.evaluation.submission import write_submission
 
 # (video) → list of {"score", "label", "segmentations"} with contiguous labels.
-PredictFn = Callable[[pipeline.EvalVideo], list[dict[str, Any]]]
+PredictFn = Callable[[eval_source.EvalVideo], list[dict[str, Any]]]
 REPORTED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 
@@ -73,7 +73,7 @@ def run(predict: PredictFn, data: EvalData, config: common.ConfigDict, out_dir: 
   """Predicts this process's share of ``data``, then (process 0) writes and scores all."""
   os.makedirs(out_dir, exist_ok=True)
   index, count = jax.process_index(), jax.process_count()
-  source = pipeline.make_eval_source(config, data.loaded, index, count)
+  source = eval_source.make_eval_source(config, data.loaded, index, count)
   label_to_category = data.loaded.label_to_category_id
   start = time.perf_counter()
   results = []

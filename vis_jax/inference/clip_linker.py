@@ -253,7 +253,7 @@ def iter_clips(video: Any, clip_length: int, stride: int, read_chunk: int = 8
   """The frames of each scheduled clip of an evaluation video, each frame read once.
 
   Args:
-    video: ``input_pipeline.pipeline.EvalVideo``.
+    video: ``input_pipeline.eval_source.EvalVideo``.
     clip_length, stride: as ``clip_starts``.
     read_chunk: frames read (and resized) at a time.
 
@@ -261,10 +261,10 @@ def iter_clips(video: Any, clip_length: int, stride: int, read_chunk: int = 8
     ``(start, frames)``: ``frames`` uint8 ``[min(clip_length, L), H, W, 3]`` (padded size);
     at most ``clip_length + read_chunk`` frames are held at once.
   """
-  from input_pipeline import pipeline  # local: the linker itself needs no data code
+  from input_pipeline import eval_source  # local: the linker itself needs no data code
 
   starts = clip_starts(video.length, clip_length, stride)
-  reader = pipeline.iter_frame_chunks(video, max(1, int(read_chunk)))
+  reader = eval_source.iter_frame_chunks(video, max(1, int(read_chunk)))
   buffer: dict[int, np.ndarray] = {}
   read_until = 0
   for start in starts:

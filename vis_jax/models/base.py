@@ -47,7 +47,7 @@ class ModelBundle(abc.ABC):
     return ()
 
   def predict_video(self, params: Any, model_state: Any, video: Any) -> list[dict[str, Any]]:
-    """Predictions for one whole video (``input_pipeline.pipeline.EvalVideo``).
+    """Predictions for one whole video (``input_pipeline.eval_source.EvalVideo``).
 
     Returns dicts ``{"score": float, "label": int (contiguous), "segmentations": [one
     compressed RLE per frame at the original size]}``. Models without video inference keep

@@ -55,7 +55,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from configs.common import ConfigDict
-from input_pipeline import pipeline
+from input_pipeline import eval_source
 from vis_jax.inference import clip_linker, postprocess
 from vis_jax.losses import criterion
 from vis_jax.models.base import Batch, Metrics, ModelBundle
@@ -200,7 +200,7 @@ class Mask2FormerVIS(ModelBundle):
             "frames": jax.jit(frames, static_argnums=2)}
 
   def _clip_predictions(self, variables: Any, frames: Sequence[np.ndarray], length: int,
-                        video: pipeline.EvalVideo) -> tuple[jax.Array, jax.Array]:
+                        video: eval_source.EvalVideo) -> tuple[jax.Array, jax.Array]:
     """Decoder outputs for ``length`` frames given in chunks of ``chunk_size`` (the last one
     zero-padded): ``(class logits [Q, K+1], mask logits [Q, T_pad, h, w])`` on the device,
     ``T_pad`` = ``length`` rounded up to ``length_bucket``."""
@@ -233,17 +233,17 @@ class Mask2FormerVIS(ModelBundle):
       out.append(np.pad(part, [(0, chunk - len(part))] + [(0, 0)] * 3))
     return out
 
-  def predict_video(self, params: Any, model_state: Any, video: pipeline.EvalVideo
+  def predict_video(self, params: Any, model_state: Any, video: eval_source.EvalVideo
                     ) -> list[dict[str, Any]]:
     variables = {"params": params, **model_state}
     if video.length <= int(self.inference.max_frames_whole):
       return self._predict_whole(variables, video)
     return self._predict_chunked(variables, video)
 
-  def _predict_whole(self, variables: Any, video: pipeline.EvalVideo) -> list[dict[str, Any]]:
+  def _predict_whole(self, variables: Any, video: eval_source.EvalVideo) -> list[dict[str, Any]]:
     cfg = self.inference
     chunk = int(cfg.chunk_size)
-    frames = [part.images for part in pipeline.iter_frame_chunks(video, chunk, pad_last=True)]
+    frames = [part.images for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True)]
     logits, masks = self._clip_predictions(variables, frames, video.length, video)
     scores, labels, query_index = postprocess.select_topk(logits, int(cfg.top_k))
     selected = self._jitted["take"](masks, jnp.asarray(query_index))
@@ -258,7 +258,7 @@ class Mask2FormerVIS(ModelBundle):
     return [{"score": float(s), "label": int(label), "segmentations": rles}
             for s, label, rles in zip(final, labels, stream.rles, strict=True)]
 
-  def _predict_chunked(self, variables: Any, video: pipeline.EvalVideo
+  def _predict_chunked(self, variables: Any, video: eval_source.EvalVideo
                        ) -> list[dict[str, Any]]:
     cfg = self.inference
     clip_length = int(cfg.clip_length)
@@ -314,7 +314,7 @@ class _TrackMasks:
   upsampling compiles for a few shapes only.
   """
 
-  def __init__(self, video: pipeline.EvalVideo, frames: int):
+  def __init__(self, video: eval_source.EvalVideo, frames: int):
     self.video = video
     self.frames = int(frames)
     self.rles: dict[int, dict[int, dict[str, Any]]] = {}

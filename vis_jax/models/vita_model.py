@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from configs.common import ConfigDict
-from input_pipeline import pipeline
+from input_pipeline import eval_source
 from vis_jax.inference import postprocess
 from vis_jax.losses import vita_losses
 from vis_jax.models import vita
@@ -219,7 +219,7 @@ class Vita(ModelBundle):
             "video": call(VitaModel.video_predictions, video_apply),
             "masks": jax.jit(masks), "masks_from_features": jax.jit(masks_from_features)}
 
-  def predict_video(self, params: Any, model_state: Any, video: pipeline.EvalVideo
+  def predict_video(self, params: Any, model_state: Any, video: eval_source.EvalVideo
                     ) -> list[dict[str, Any]]:
     cfg = self.inference
     fns = self._jitted
@@ -232,7 +232,7 @@ class Vita(ModelBundle):
 
     ratio = float(cfg.get("token_keep_ratio", 1.0))
     queries, slots, kept_features = [], [], []
-    for part in pipeline.iter_frame_chunks(video, chunk, pad_last=True):
+    for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True):
       q, feats, no_object = fns["frame_queries"](variables, part.images, valid)
       q = np.asarray(q[:part.num_valid], np.float32)
       if ratio < 1.0:
@@ -263,7 +263,7 @@ class Vita(ModelBundle):
         num_valid = min(chunk, t - index * chunk)
         stream.add_chunk(fns["masks_from_features"](mask_embed, feats), num_valid)
     else:
-      for part in pipeline.iter_frame_chunks(video, chunk, pad_last=True):
+      for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True):
         stream.add_chunk(fns["masks"](variables, part.images, valid, mask_embed),
                          part.num_valid)
     final = np.asarray(scores, np.float64) * stream.mask_scores()
