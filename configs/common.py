@@ -158,6 +158,8 @@ def base_config() -> ConfigDict:
       matcher="scipy",              # scipy (host, exact) | hungarian (pure JAX, exact) | greedy
       deep_supervision=True,
       mask_loss_per_frame=True,     # False: VITA's one BCE/dice per instance over T*P points
+      semantic_weight=0.0,          # dense per-pixel class loss (image model; not official)
+      embedding_weight=0.0,         # instance-discriminative pixel embedding loss (same)
   ))
 
   # ---- optimizer (official detectron2 groups; vis_jax/optim.py) -----------------------------
@@ -300,6 +302,14 @@ def validate(config: ConfigDict) -> ConfigDict:
           f"must be >= 1 and divide batch_size={config.batch_size}, got {config.grad_accum_steps}")
   if config.loss.matcher not in ("scipy", "hungarian", "greedy"):
     _fail("loss.matcher", f"{config.loss.matcher!r} is not scipy, hungarian or greedy")
+  if config.loss.semantic_weight and (config.model_name != "mask2former"
+                                      or not config.model.get("semantic_head", False)):
+    _fail("loss.semantic_weight", "needs model_name='mask2former' and model.semantic_head=True "
+          f"(got {config.model_name!r}, semantic_head={config.model.get('semantic_head')})")
+  if config.loss.embedding_weight and (config.model_name != "mask2former"
+                                       or not config.model.get("embedding_dim", 0)):
+    _fail("loss.embedding_weight", "needs model_name='mask2former' and model.embedding_dim > 0 "
+          f"(got {config.model_name!r}, embedding_dim={config.model.get('embedding_dim')})")
   if config.dtype not in ("float32", "bfloat16", "float16"):
     _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from configs.common import ConfigDict
-from vis_jax.losses import criterion
+from vis_jax.losses import criterion, discriminative, semantic
 from vis_jax.models import backbones
 from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD, STEM_STRIDE
 from vis_jax.models.base import Batch, Metrics, ModelBundle
@@ -70,6 +70,12 @@ def default_config() -> ConfigDict:
           pre_norm=False, enforce_input_proj=False)),
       remat_backbone=False,
       remat_decoder_layers=False,
+      # A linear per-pixel class head on the mask features, trained by loss.semantic_weight
+      # (vis_jax/losses/semantic.py); not part of the official model.
+      semantic_head=False,
+      # >0: a linear pixel embedding of this size on the mask features, trained by
+      # loss.embedding_weight (vis_jax/losses/discriminative.py); not part of the official model.
+      embedding_dim=0,
   ))
 
 
@@ -93,6 +99,10 @@ class Mask2FormerModel(nn.Module):
       ``mask_dim`` and ``in_channels`` (taken from the pixel decoder).
     remat_backbone: ``nn.remat`` around the backbone.
     remat_decoder_layers: ``nn.remat`` around every decoder block.
+    semantic_head: a ``Dense(K+1)`` on the mask features whose ``semantic_logits`` the
+      auxiliary ``loss.semantic_weight`` trains (not in the official model).
+    embedding_dim: > 0: a ``Dense(embedding_dim)`` on the mask features whose
+      ``pixel_embedding`` the auxiliary ``loss.embedding_weight`` trains (not official).
     dtype: compute dtype.
     pixel_mean, pixel_std: input normalisation (RGB, 0–255).
   """
@@ -102,6 +112,8 @@ class Mask2FormerModel(nn.Module):
   decoder_config: Mapping[str, Any] = FrozenDict()
   remat_backbone: bool = False
   remat_decoder_layers: bool = False
+  semantic_head: bool = False
+  embedding_dim: int = 0
   dtype: Any = jnp.float32
   pixel_mean: Sequence[float] = PIXEL_MEAN
   pixel_std: Sequence[float] = PIXEL_STD
@@ -119,7 +131,9 @@ class Mask2FormerModel(nn.Module):
                pixel_decoder_config=FrozenDict(_plain(model_cfg.pixel_decoder)),
                decoder_config=FrozenDict(_plain(model_cfg.decoder)),
                remat_backbone=bool(model_cfg.remat_backbone),
-               remat_decoder_layers=bool(model_cfg.remat_decoder_layers), dtype=dtype)
+               remat_decoder_layers=bool(model_cfg.remat_decoder_layers),
+               semantic_head=bool(model_cfg.get("semantic_head", False)),
+               embedding_dim=int(model_cfg.get("embedding_dim", 0)), dtype=dtype)
 
   @property
   def backbone_family(self) -> str:
@@ -158,6 +172,10 @@ class Mask2FormerModel(nn.Module):
         num_classes=self.num_classes, mask_dim=self.pixel_decoder.mask_dim,
         in_channels=self.pixel_decoder.conv_dim, remat_layers=self.remat_decoder_layers,
         dtype=self.dtype, **dict(self.decoder_config))
+    if self.semantic_head:
+      self.semantic_classifier = nn.Dense(self.num_classes + 1, dtype=self.dtype)
+    if self.embedding_dim:
+      self.pixel_embedder = nn.Dense(self.embedding_dim, dtype=self.dtype)
 
   def _backbone_features(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
     if self.backbone_family == "swin":
@@ -195,12 +213,18 @@ class Mask2FormerModel(nn.Module):
       ``aux_outputs`` (list of ``L`` dicts: initial queries, layers 1..L−1),
       ``query_features [L, N, Q, C]`` (``decoder_norm`` of every layer's output),
       ``mask_features [N, Hp/4, Wp/4, mask_dim]``, ``pre_mask_features
-      [N, Hp/4, Wp/4, conv_dim]``.
+      [N, Hp/4, Wp/4, conv_dim]``; with ``semantic_head`` also ``semantic_logits
+      [N, Hp/4, Wp/4, K+1]``, with ``embedding_dim`` ``pixel_embedding [N, Hp/4, Wp/4, D]``.
     """
     pix = self.pixel_features(images, image_valid, train)
     out = self.predictor(pix["multi_scale_features"], pix["mask_features"])
-    return dict(out, mask_features=pix["mask_features"],
-                pre_mask_features=pix["pre_mask_features"])
+    out = dict(out, mask_features=pix["mask_features"],
+               pre_mask_features=pix["pre_mask_features"])
+    if self.semantic_head:
+      out["semantic_logits"] = self.semantic_classifier(pix["mask_features"])
+    if self.embedding_dim:
+      out["pixel_embedding"] = self.pixel_embedder(pix["mask_features"])
+    return out
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -241,7 +265,10 @@ class Mask2FormerImage(ModelBundle):
   """Bundle for ``config.model_name = "mask2former"``: image training on ``T = 1`` clips.
 
   Only frame 0 of every clip is used (``batch["images"][:, 0]``); the loss is the official
-  ``SetCriterion`` (``config.loss``), its Hungarian matcher run per device (``batch_axes``).
+  ``SetCriterion`` (``config.loss``), its Hungarian matcher run per device (``batch_axes``),
+  plus ``loss.semantic_weight`` times the dense class loss of ``losses/semantic.py`` (needs
+  ``model.semantic_head``) and ``loss.embedding_weight`` times the pixel embedding loss of
+  ``losses/discriminative.py`` (needs ``model.embedding_dim``).
   """
 
   batch_keys = ("images", "image_valid", "masks", "labels", "present", "instance_valid")
@@ -251,6 +278,8 @@ class Mask2FormerImage(ModelBundle):
     self.module = Mask2FormerModel.from_config(config.model, config.data.num_classes,
                                                config.dtype)
     self.loss_cfg = criterion_config(config)
+    self.semantic_weight = float(config.loss.get("semantic_weight", 0.0))
+    self.embedding_weight = float(config.loss.get("embedding_weight", 0.0))
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
     params_key, dropout_key = jax.random.split(rng)
@@ -265,5 +294,21 @@ class Mask2FormerImage(ModelBundle):
     dropout_key, criterion_key = jax.random.split(rng)
     outputs = self.module.apply({"params": params, **model_state}, batch["images"][:, 0],
                                 batch["image_valid"], train=True, rngs={"dropout": dropout_key})
-    return criterion.set_criterion(as_single_frame_clips(outputs), frame_targets(batch), None,
-                                   criterion_key, self.loss_cfg)
+    targets = frame_targets(batch)
+    total, metrics = criterion.set_criterion(as_single_frame_clips(outputs), targets, None,
+                                             criterion_key, self.loss_cfg)
+    if self.semantic_weight:
+      logits = outputs["semantic_logits"]
+      probs, weight = semantic.semantic_targets(
+          targets["masks"][:, :, 0], targets["labels"], targets["instance_valid"],
+          batch["image_valid"], logits.shape[1:3], self.module.num_classes)
+      metrics["loss_semantic"] = semantic.semantic_loss(logits, probs, weight)
+      total = total + self.semantic_weight * metrics["loss_semantic"]
+    if self.embedding_weight:
+      embedding_loss, parts = discriminative.discriminative_loss(
+          outputs["pixel_embedding"], targets["masks"][:, :, 0], targets["instance_valid"])
+      metrics.update({f"loss_embedding_{k}": v for k, v in parts.items()})
+      metrics["loss_embedding"] = embedding_loss
+      total = total + self.embedding_weight * embedding_loss
+    metrics["loss_total"] = total
+    return total, metrics
