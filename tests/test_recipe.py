@@ -17,11 +17,16 @@ def test_vita_recipe_two_stages_and_resume(tmp_path):
              f"--workdir={tmp_path}", "--variant=smoke", "--detector_steps=2", "--steps=2"]
   out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
   assert out.returncode == 0, out.stderr[-4000:]
-  # Every detector tensor came from stage 1; only VITA's own parameters were missing.
+  # Every detector tensor came from stage 1; only VITA's own parameters were missing, and the
+  # only stage-1 tensors VITA has no use for are the detector's auxiliary class head.
   line = next(x for x in out.stderr.splitlines() if x.startswith("init_from "))
-  assert "export: params: loaded" in line
-  missing = line.split("missing", 1)[1] if "missing" in line else ""
+  params_part = line.split("params:", 1)[1].split("; model state:", 1)[0]
+  assert params_part.lstrip().startswith("loaded")
+  missing = params_part.split("missing", 1)[1].split("; unexpected", 1)[0]
+  unexpected = params_part.split("unexpected", 1)[1] if "unexpected" in params_part else ""
   assert "detector/" not in missing and "vita/" in missing
+  assert set(unexpected.split(":", 1)[1].replace(",", " ").split()) == {
+      "detector/semantic_classifier/bias", "detector/semantic_classifier/kernel"}
   summary = json.load(open(tmp_path / "recipe.json"))
   assert list(summary["stages"]) == ["detector", "vita"]
   assert summary["stages"]["detector"]["steps"] == 2
