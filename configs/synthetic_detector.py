@@ -16,7 +16,8 @@ on every 3rd validation frame) and by the VITA stage on top (video AP): the dens
 loss of ``losses/semantic.py`` (``model.semantic_head``, ``loss.semantic_weight=5``) and uniform
 instead of uncertainty-sampled loss points (``loss.importance_sample_ratio=0``, 1,024 points).
 Frame AP: official criterion 26.8, uniform points 29.2, semantic loss 30.9 / 30.3 (seeds 0 / 1),
-both 28.7; VITA AP on top: 28.1, 28.2, –, 30.0 (issue #5 notes). Variant: ``:smoke``.
+both 28.7; VITA AP on top: 28.1, 28.2, 28.0 (seed 0), 30.0 — within ~2 points of each other
+(issue #5 notes). Variant: ``:smoke``.
 """
 
 from configs import common, datasets, small_detector
