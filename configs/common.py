@@ -302,14 +302,13 @@ def validate(config: ConfigDict) -> ConfigDict:
           f"must be >= 1 and divide batch_size={config.batch_size}, got {config.grad_accum_steps}")
   if config.loss.matcher not in ("scipy", "hungarian", "greedy"):
     _fail("loss.matcher", f"{config.loss.matcher!r} is not scipy, hungarian or greedy")
-  if config.loss.semantic_weight and (config.model_name != "mask2former"
-                                      or not config.model.get("semantic_head", False)):
-    _fail("loss.semantic_weight", "needs model_name='mask2former' and model.semantic_head=True "
-          f"(got {config.model_name!r}, semantic_head={config.model.get('semantic_head')})")
-  if config.loss.embedding_weight and (config.model_name != "mask2former"
-                                       or not config.model.get("embedding_dim", 0)):
-    _fail("loss.embedding_weight", "needs model_name='mask2former' and model.embedding_dim > 0 "
-          f"(got {config.model_name!r}, embedding_dim={config.model.get('embedding_dim')})")
+  # The image model's auxiliary losses need their head on the mask features.
+  for weight_key, head_key in (("semantic_weight", "semantic_head"),
+                               ("embedding_weight", "embedding_dim")):
+    head = config.model.get(head_key)
+    if config.loss[weight_key] and (config.model_name != "mask2former" or not head):
+      _fail(f"loss.{weight_key}", f"needs model_name='mask2former' and model.{head_key} set "
+            f"(got {config.model_name!r}, {head_key}={head})")
   if config.dtype not in ("float32", "bfloat16", "float16"):
     _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config
