@@ -541,3 +541,28 @@ def test_resnet_group_norm_matches_torch():
       t = F.relu(conv_gn(y, f"{p}/conv3", 1, 0) + conv_gn(t, f"{p}/shortcut", s, 0))
       ref = t.permute(0, 2, 3, 1).numpy()
       assert rel_err(ours[stage], ref) < 1e-5, stage
+
+
+@pytest.mark.parametrize("size,k,stride,padding", [
+    ((17, 22), 7, 2, 3), ((16, 16), 7, 2, 3), ((9, 12), 3, 1, 1), ((10, 11), 4, 4, 0),
+    ((8, 9), 3, 2, 0)])
+def test_im2col_conv_equals_xla_convolution(size, k, stride, padding):
+  """The patch-matmul path of ``resnet.conv2d`` (RGB inputs) against XLA's convolution run
+  directly, values and kernel gradients, on odd/even sizes, strides and paddings."""
+  from vis_jax.models.backbones import resnet
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+
+  def reference(kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def ours(kernel):
+    return resnet.conv2d(x, kernel, stride, padding)
+
+  assert 3 <= resnet.IM2COL_MAX_CHANNELS  # the path under test is the patch matmul
+  np.testing.assert_allclose(ours(kernel), reference(kernel), rtol=1e-5, atol=1e-5)
+  weights = jnp.asarray(rng.normal(size=reference(kernel).shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda w: jnp.sum(f(w) * weights))(kernel)  # noqa: E731
+  np.testing.assert_allclose(grad(ours), grad(reference), rtol=1e-4, atol=1e-4)

@@ -99,6 +99,33 @@ class FrozenBatchNorm(nn.Module):
     return x.astype(self.dtype) * scale.astype(self.dtype) + shift.astype(self.dtype)
 
 
+# Inputs this narrow (RGB) convolve as a patch matmul; see ``conv2d``.
+IM2COL_MAX_CHANNELS = 4
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """``x [B, H, W, C_in]`` ⊛ ``kernel [k, k, C_in, C_out]`` with symmetric zero ``padding``.
+
+  Inputs with at most ``IM2COL_MAX_CHANNELS`` channels (the RGB stem) run as one patch matrix
+  ``[B, H', W', k·k·C_in]`` times the reshaped kernel: the same sum of products, but XLA's CPU
+  convolution with three input channels is ~1.6x slower than that matmul (forward + kernel
+  gradient, ``[8, 160, 160, 3]`` through the 7×7/2 stem), and TPUs prefer the wide contraction too.
+  """
+  k, c = kernel.shape[0], x.shape[-1]
+  if c > IM2COL_MAX_CHANNELS or k == 1:
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=((padding, padding),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out_h = (x.shape[1] + 2 * padding - k) // stride + 1
+  out_w = (x.shape[2] + 2 * padding - k) // stride + 1
+  # (row, column, channel)-major patch vectors, the order of an HWIO kernel's first three axes.
+  patches = jnp.concatenate(
+      [xp[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+       for i in range(k) for j in range(k)], axis=-1)
+  return patches @ kernel.reshape(k * k * c, kernel.shape[-1])
+
+
 class ConvNorm(nn.Module):
   """Bias-free conv + norm (detectron2 ``Conv2d(..., bias=False, norm=FrozenBN | GN)``).
 
@@ -121,11 +148,7 @@ class ConvNorm(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features),
                         self.param_dtype)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=(self.stride, self.stride),
-        padding=((self.padding, self.padding), (self.padding, self.padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
     if self.norm == "GN":
       return nn.GroupNorm(num_groups=math.gcd(self.norm_groups, self.features), epsilon=BN_EPS,
                           dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(y)
