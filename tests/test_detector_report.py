@@ -84,3 +84,52 @@ def test_ious_hand_computed():
 def test_cli_names_a_missing_workdir(tmp_path, capsys):
   assert detector_report.main(["--workdir", str(tmp_path / "nowhere")]) == 2
   assert "nowhere" in capsys.readouterr().err
+
+
+def test_failure_flags_hand_computed():
+  gt = np.zeros((3, 10, 10), bool)
+  gt[0, :5, :5] = True            # 25 px, class 1
+  gt[1, :5, 5:] = True            # 25 px, class 1
+  gt[2, 9, 9] = True              # 1 px (1% < 2%), class 2
+  best = np.zeros((3, 10, 10), bool)
+  best[0, :5, :8] = True          # covers instance 1 by 15/25 > 1/2: merged
+  best[1, :5, 5:] = True          # exact
+  best[2, 9, 8:] = True
+  flags = detector_report.failure_flags(best, gt, [1, 1, 2])
+  np.testing.assert_array_equal(flags["merged"], [True, False, False])
+  np.testing.assert_array_equal(flags["same_class_neighbour"], [True, True, False])
+  np.testing.assert_array_equal(flags["small"], [False, False, True])
+  best[0, :5, 7:] = False         # now covers 10/25 of instance 1: not merged
+  assert not detector_report.failure_flags(best, gt, [1, 1, 2])["merged"][0]
+
+
+def test_failure_breakdown_of_a_union_detector(config):
+  """Queries predicting the union of all instances merge exactly the instances of frames with
+  two or more (non-empty) instances; the exact oracle merges none."""
+  def union_frame(video, index):
+    logits, masks = _oracle(1)(video, index)
+    n = logits.shape[0] - 2
+    masks[:n] = masks[:n].max(0, keepdims=True)
+    return logits, masks
+
+  c = common.ConfigDict(config.to_dict())
+  c.model.pixel_decoder.common_stride = 1
+  exact = detector_report.report(c, _oracle(1), every=3)["failure_breakdown"]
+  assert exact["merged"]["in"]["instance_frames"] == 0
+  union = detector_report.report(c, union_frame, every=3)
+  merged, merged_ious, single = union["failure_breakdown"]["merged"], [], 0
+  for video in detector_report.make_eval_source(
+      c, detector_report.runner.eval_data_from_config(c).loaded):
+    for index in range(0, video.length, 3):
+      gt = [decode_segmentation(t.segmentations[index], *video.original_size)
+            for t in video.tracks if t.segmentations[index] is not None]
+      if len(gt) >= 2:  # IoU of an instance with the union = its share of the union
+        merged_ious += [m.sum() / np.logical_or.reduce(gt).sum() for m in gt]
+      single += len(gt) == 1
+  assert merged["in"]["instance_frames"] == len(merged_ious) > 0
+  assert merged["in"]["best_query_iou"] == pytest.approx(np.mean(merged_ious))
+  assert merged["out"]["instance_frames"] == single
+  total = merged["in"]["instance_frames"] + merged["out"]["instance_frames"]
+  assert total == union["instance_frames"]
+  same = union["failure_breakdown"]["same_class_neighbour"]
+  assert same["in"]["instance_frames"] + same["out"]["instance_frames"] == total

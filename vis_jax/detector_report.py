@@ -20,6 +20,11 @@ override it to study resolution). The JSON report (printed, and written to ``--o
 * ``resolution_ceiling_iou``: the same mean for the ground truth itself taken to the detector's
   output grid (area-averaged to 1/``common_stride`` of the test size) and back through the
   predictions' upsampling — the most this output resolution allows.
+* ``failure_breakdown``: where the low best-query IoUs come from. Each (instance, frame) pair is
+  in or out of three groups, and each side reports its count and mean best-query IoU:
+  ``merged`` — its best query's mask also covers more than half of another annotated instance
+  of the frame (two objects predicted as one); ``same_class_neighbour`` — another instance of its
+  class is annotated in the frame; ``small`` — its mask is under ``SMALL_FRACTION`` of the frame.
 
 For a VITA workdir the detector's parameters are those under ``detector``.
 """
@@ -94,6 +99,50 @@ def ceiling_masks(gt: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
   return _to_original(ceiling_grid(gt, video, stride), video)[0]
 
 
+SMALL_FRACTION = 0.02
+MERGE_COVERAGE = 0.5
+
+
+def _coverage(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """``[n, H, W]`` × ``[g, H, W]`` bool → fraction of each GT mask inside each prediction
+  ``[n, g]`` (0 for an empty GT)."""
+  p = pred.reshape(pred.shape[0], -1).astype(np.float32)
+  g = gt.reshape(gt.shape[0], -1).astype(np.float32)
+  area = g.sum(1)[None, :]
+  return np.where(area > 0, (p @ g.T) / np.maximum(area, 1.0), 0.0)
+
+
+def failure_flags(best_masks: np.ndarray, gt: np.ndarray,
+                  labels: Sequence[int]) -> dict[str, np.ndarray]:
+  """Per GT instance of one frame, bool ``[g]`` for each group of ``failure_breakdown``.
+
+  Args:
+    best_masks: ``[g, H, W]`` bool, the best-IoU predicted mask of each instance.
+    gt: ``[g, H, W]`` bool annotated masks of the frame.
+    labels: ``g`` class labels.
+  """
+  coverage = _coverage(best_masks, gt)                              # [g (instance), g (other)]
+  np.fill_diagonal(coverage, 0.0)
+  labels = np.asarray(labels)
+  same_class = labels[:, None] == labels[None, :]
+  np.fill_diagonal(same_class, False)
+  area = gt.reshape(gt.shape[0], -1).mean(1)
+  return {"merged": (coverage > MERGE_COVERAGE).any(1),
+          "same_class_neighbour": same_class.any(1),
+          "small": area < SMALL_FRACTION}
+
+
+def _breakdown(best_iou: Sequence[float], flags: dict[str, list[bool]]) -> dict[str, Any]:
+  iou = np.asarray(best_iou, np.float64)
+
+  def side(select: np.ndarray) -> dict[str, float]:
+    return {"instance_frames": int(select.sum()),
+            "best_query_iou": float(iou[select].mean()) if select.any() else float("nan")}
+
+  return {name: {"in": side(np.asarray(f, bool)), "out": side(~np.asarray(f, bool))}
+          for name, f in flags.items()}
+
+
 def _ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
   """``[n, H, W]`` × ``[g, H, W]`` bool → IoU ``[n, g]``."""
   p = pred.reshape(pred.shape[0], -1).astype(np.float32)
@@ -141,6 +190,7 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
 
   gt_videos, gt_annotations, results = [], [], []
   best_iou, best_correct, ceiling = [], [], []
+  flags: dict[str, list[bool]] = {"merged": [], "same_class_neighbour": [], "small": []}
   start = time.perf_counter()
   for video in videos:
     height, width = video.original_size
@@ -172,6 +222,8 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
         classes = logits[:, :-1].argmax(-1)
         best_correct.extend((classes[best] == [t.label for t in tracks]).tolist())
         ceiling.extend(np.diag(_ious(ceiling_masks(gt, video, stride), gt)).tolist())
+        for name, f in failure_flags(masks[best], gt, [t.label for t in tracks]).items():
+          flags[name].extend(f.tolist())
 
   categories = [{"id": int(c), "name": str(c)} for c in sorted(set(label_to_category.values()))]
   scored = ytvis_eval.evaluate({"videos": gt_videos, "annotations": gt_annotations,
@@ -188,6 +240,7 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
       "best_query_iou_quantiles": _quantiles(best_iou),
       "best_query_class_accuracy": float(np.mean(best_correct)) if best_correct else float("nan"),
       "resolution_ceiling_iou": float(np.mean(ceiling)) if ceiling else float("nan"),
+      "failure_breakdown": _breakdown(best_iou, flags),
       "seconds": round(time.perf_counter() - start, 2),
   }
 
