@@ -103,13 +103,18 @@ SMALL_FRACTION = 0.02
 MERGE_COVERAGE = 0.5
 
 
+def _overlaps(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``[n, H, W]`` × ``[g, H, W]`` bool → (intersections ``[n, g]``, areas ``[n]``, ``[g]``)."""
+  p = pred.reshape(pred.shape[0], -1).astype(np.float32)
+  g = gt.reshape(gt.shape[0], -1).astype(np.float32)
+  return p @ g.T, p.sum(1), g.sum(1)
+
+
 def _coverage(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
   """``[n, H, W]`` × ``[g, H, W]`` bool → fraction of each GT mask inside each prediction
   ``[n, g]`` (0 for an empty GT)."""
-  p = pred.reshape(pred.shape[0], -1).astype(np.float32)
-  g = gt.reshape(gt.shape[0], -1).astype(np.float32)
-  area = g.sum(1)[None, :]
-  return np.where(area > 0, (p @ g.T) / np.maximum(area, 1.0), 0.0)
+  inter, _, area = _overlaps(pred, gt)
+  return np.where(area > 0, inter / np.maximum(area, 1.0), 0.0)
 
 
 def failure_flags(best_masks: np.ndarray, gt: np.ndarray,
@@ -139,16 +144,14 @@ def _breakdown(best_iou: Sequence[float], flags: dict[str, list[bool]]) -> dict[
     return {"instance_frames": int(select.sum()),
             "best_query_iou": float(iou[select].mean()) if select.any() else float("nan")}
 
-  return {name: {"in": side(np.asarray(f, bool)), "out": side(~np.asarray(f, bool))}
-          for name, f in flags.items()}
+  groups = {name: np.asarray(f, bool) for name, f in flags.items()}
+  return {name: {"in": side(f), "out": side(~f)} for name, f in groups.items()}
 
 
 def _ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
   """``[n, H, W]`` × ``[g, H, W]`` bool → IoU ``[n, g]``."""
-  p = pred.reshape(pred.shape[0], -1).astype(np.float32)
-  g = gt.reshape(gt.shape[0], -1).astype(np.float32)
-  inter = p @ g.T
-  union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
+  inter, pred_area, gt_area = _overlaps(pred, gt)
+  union = pred_area[:, None] + gt_area[None, :] - inter
   return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
 
 
