@@ -104,6 +104,8 @@ def base_config() -> ConfigDict:
       occlusion_labels=False,
       # Main colour hue in a band of the class (False: only the shape tells the class).
       class_colours=True,
+      # Radii at frame 0 as fractions of the short side (input_pipeline/synthetic_scene.py).
+      object_radius=(0.08, 0.2),
   ))
   # 'error': stop with a message naming the file; 'skip': drop the sample, count and report.
   # Local validation: hold out `num_videos` videos of training source `source` (seeded) and

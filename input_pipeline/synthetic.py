@@ -61,6 +61,9 @@ from input_pipeline.synthetic_scene import CATEGORIES, SPLITS, sample_scene
 # Bump when the generated content changes, so ensure_dataset() regenerates stale caches.
 VERSION = 1
 
+# Objects' radii at frame 0, fractions of the short side (the configs set their own).
+DEFAULT_OBJECT_RADIUS = (0.08, 0.2)
+
 OCCLUSION_NAMES = ("no_occlusion", "slight_occlusion", "severe_occlusion")
 
 _JPEG_QUALITY = 90
@@ -127,13 +130,14 @@ class _SplitSpec:
   occlusion_labels: bool
   rle: str
   class_colours: bool
+  object_radius: tuple[float, float]
 
 
 def _write_video(spec: _SplitSpec, index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Renders video ``index``, writes its frames; returns its ``videos`` entry and annotations
   (``id`` and ``video_id`` are assigned by the caller, in index order)."""
   scene = sample_scene(spec.seed, spec.split, index, spec.min_frames, spec.max_frames,
-                       spec.short_side, spec.class_colours)
+                       spec.short_side, spec.class_colours, spec.object_radius)
   name = f"vid_{index:04d}"
   frame_dir = os.path.join(spec.out_dir, spec.split, "JPEGImages", name)
   os.makedirs(frame_dir, exist_ok=True)
@@ -192,10 +196,11 @@ def _write_videos(spec: _SplitSpec, num_videos: int, workers: int
 
 def _write_split(out_dir: str, split: str, num_videos: int, seed: int, min_frames: int,
                  max_frames: int, short_side: int, occlusion_labels: bool,
-                 rle: str, class_colours: bool = False, workers: int = 1) -> dict[str, int]:
+                 rle: str, class_colours: bool = False, workers: int = 1,
+                 object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> dict[str, int]:
   """Writes ``<split>.json`` and its frames; returns counts for the summary."""
   spec = _SplitSpec(out_dir, split, seed, min_frames, max_frames, short_side, occlusion_labels,
-                    rle, class_colours)
+                    rle, class_colours, tuple(object_radius))
   videos, annotations = [], []
   for index, (video, anns) in enumerate(_write_videos(spec, num_videos, workers)):
     video_id = index + 1
@@ -219,8 +224,10 @@ def _write_split(out_dir: str, split: str, num_videos: int, seed: int, min_frame
 
 def _params(num_train_videos: int, num_valid_videos: int, seed: int, min_frames: int,
             max_frames: int, short_side: int, occlusion_labels: bool, rle: str,
-            class_colours: bool = False) -> dict[str, Any]:
+            class_colours: bool = False,
+            object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> dict[str, Any]:
   return {"version": VERSION, "class_colours": bool(class_colours),
+          "object_radius": [float(r) for r in object_radius],
           "num_train_videos": int(num_train_videos),
           "num_valid_videos": int(num_valid_videos), "seed": int(seed),
           "min_frames": int(min_frames), "max_frames": int(max_frames),
@@ -229,11 +236,15 @@ def _params(num_train_videos: int, num_valid_videos: int, seed: int, min_frames:
 
 def _generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: int,
               min_frames: int, max_frames: int, short_side: int, occlusion_labels: bool,
-              rle: str, class_colours: bool = False, workers: int = 0) -> dict[str, int]:
+              rle: str, class_colours: bool = False, workers: int = 0,
+              object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> dict[str, int]:
   if not 1 <= min_frames <= max_frames:
     raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
   if short_side < 16:
     raise ValueError(f"short_side must be >= 16, got {short_side}")
+  if len(object_radius) != 2 or not 0 < object_radius[0] <= object_radius[1] <= 0.5:
+    raise ValueError(f"object_radius must be (low, high) with 0 < low <= high <= 0.5 (fractions "
+                     f"of the short side), got {object_radius}")
   if rle not in ("uncompressed", "compressed"):
     raise ValueError(f"rle must be 'uncompressed' or 'compressed', got {rle!r}")
   if min(num_train_videos, num_valid_videos) < 0:
@@ -246,11 +257,11 @@ def _generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: 
   for split, num in zip(SPLITS, (num_train_videos, num_valid_videos), strict=True):
     counts = _write_split(out_dir, split, num, seed, min_frames, max_frames, short_side,
                           occlusion_labels, rle, class_colours,
-                          workers if workers > 0 else (os.cpu_count() or 1))
+                          workers if workers > 0 else (os.cpu_count() or 1), object_radius)
     total = {k: total[k] + counts[k] for k in total}
   # Written last: its presence means the dataset is complete.
   params = _params(num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-                   short_side, occlusion_labels, rle, class_colours)
+                   short_side, occlusion_labels, rle, class_colours, object_radius)
   with open(os.path.join(out_dir, "params.json"), "w") as f:
     json.dump(params, f, indent=1, sort_keys=True)
   return total
@@ -259,7 +270,8 @@ def _generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: 
 def generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: int,
              min_frames: int = 8, max_frames: int = 60, short_side: int = 240,
              occlusion_labels: bool = False, rle: str = "uncompressed",
-             class_colours: bool = False, workers: int = 0) -> None:
+             class_colours: bool = False, workers: int = 0,
+             object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> None:
   """Writes the dataset (both splits, frames, jsons, params.json) into ``out_dir``.
 
   Args:
@@ -273,9 +285,11 @@ def generate(out_dir: str, num_train_videos: int, num_valid_videos: int, seed: i
       ``"compressed"`` (counts as a COCO string).
     class_colours: the main colour's hue is in a band of the class (module docstring).
     workers: processes rendering videos (0: one per CPU); the output does not depend on it.
+    object_radius: (low, high) range of the objects' radii at frame 0, fractions of the short
+      side; they grow or shrink within [0.75 low, 1.5 high].
   """
   _generate(out_dir, num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-            short_side, occlusion_labels, rle, class_colours, workers)
+            short_side, occlusion_labels, rle, class_colours, workers, object_radius)
 
 
 def _read_params(root: str) -> dict[str, Any] | None:
@@ -288,7 +302,8 @@ def _read_params(root: str) -> dict[str, Any] | None:
 
 def ensure_dataset(root: str, num_train_videos: int, num_valid_videos: int, seed: int,
                    min_frames: int, max_frames: int, short_side: int,
-                   occlusion_labels: bool, class_colours: bool = False, workers: int = 0) -> str:
+                   occlusion_labels: bool, class_colours: bool = False, workers: int = 0,
+                   object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> str:
   """Makes sure ``root`` holds the dataset for these parameters; returns ``root``.
 
   The dataset is generated next to ``root`` and renamed into place, so an interrupted run never
@@ -300,7 +315,7 @@ def ensure_dataset(root: str, num_train_videos: int, num_valid_videos: int, seed
   """
   root = os.path.abspath(os.path.expanduser(root))
   params = _params(num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-                   short_side, occlusion_labels, "uncompressed", class_colours)
+                   short_side, occlusion_labels, "uncompressed", class_colours, object_radius)
   if _read_params(root) == params:
     return root
   parent, base = os.path.split(root)
@@ -322,7 +337,8 @@ def ensure_dataset(root: str, num_train_videos: int, num_valid_videos: int, seed
       tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
       try:
         _generate(tmp, num_train_videos, num_valid_videos, seed, min_frames, max_frames,
-                  short_side, occlusion_labels, "uncompressed", class_colours, workers)
+                  short_side, occlusion_labels, "uncompressed", class_colours, workers,
+                  object_radius)
         if os.path.lexists(root):
           # Parked under a tmp- name, so the stale-cleanup above removes it after a crash.
           parking = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
@@ -354,6 +370,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--rle", choices=("uncompressed", "compressed"), default="uncompressed")
   parser.add_argument("--class-colours", action="store_true",
                       help="main colour hue in a band of the class (default: shape only)")
+  parser.add_argument("--object-radius", type=float, nargs=2, default=DEFAULT_OBJECT_RADIUS,
+                      metavar=("LOW", "HIGH"),
+                      help="range of object radii at frame 0, fractions of the short side")
   parser.add_argument("--workers", type=int, default=0,
                       help="processes rendering videos (default: one per CPU)")
   args = parser.parse_args(argv)
@@ -361,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
   start = time.perf_counter()
   counts = _generate(args.out, args.videos, valid, args.seed, args.min_frames, args.max_frames,
                      args.short_side, args.occlusion_labels, args.rle, args.class_colours,
-                     args.workers)
+                     args.workers, tuple(args.object_radius))
   print(f"synthetic: {counts['videos']} videos ({args.videos} train + {valid} valid), "
         f"{counts['frames']} frames, {counts['instances']} instances, "
         f"{time.perf_counter() - start:.1f} s -> {args.out}")

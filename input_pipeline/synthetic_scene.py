@@ -110,8 +110,10 @@ class _Instance:
 
 
 def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: int, height: int,
-                     short: int, colour_rng: np.random.Generator | None = None) -> _Instance:
-  """One instance; ``colour_rng`` (class_colours) draws its class-band main colour."""
+                     short: int, colour_rng: np.random.Generator | None = None,
+                     object_radius: tuple[float, float] = (0.08, 0.2)) -> _Instance:
+  """One instance; ``colour_rng`` (class_colours) draws its class-band main colour; the radius
+  at frame 0 is uniform in ``object_radius`` x the short side."""
   anchor_t = int(rng.integers(0, length))
   anchor = np.array([rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height])
   # A third of the objects cross the frame quickly, so they enter or leave within the video.
@@ -123,12 +125,14 @@ def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: i
   swapped = rng.random() < 0.5
   if swapped:
     colours = colours[::-1]
-  # Grow or shrink up to ~2x over a long video, but keep the radius in [0.06, 0.3] x short side
-  # so that objects stay learnable at ~128 px and never fill the frame.
-  log_r0 = math.log(short * rng.uniform(0.08, 0.2))
+  # Grow or shrink up to ~2x over a long video, but keep the radius within [0.75 x the smallest,
+  # 1.5 x the largest] initial radius ([0.06, 0.3] x short side by default).
+  low, high = object_radius
+  log_r0 = math.log(short * rng.uniform(low, high))
   span = max(length - 1, 1)
-  log_r_rate = float(np.clip(rng.uniform(-0.012, 0.012), (math.log(0.06 * short) - log_r0) / span,
-                             (math.log(0.3 * short) - log_r0) / span))
+  log_r_rate = float(np.clip(rng.uniform(-0.012, 0.012),
+                             (math.log(0.75 * low * short) - log_r0) / span,
+                             (math.log(1.5 * high * short) - log_r0) / span))
   instance = _Instance(
       shape=shape, anchor_t=anchor_t, anchor=anchor,
       velocity=speed * np.array([math.cos(heading), math.sin(heading)]),
@@ -263,8 +267,13 @@ class VideoScene:
 
 
 def sample_scene(seed: int, split: str, index: int, min_frames: int = 8, max_frames: int = 60,
-                 short_side: int = 240, class_colours: bool = False) -> VideoScene:
-  """The scene of video ``index`` of ``split``; independent of every other video."""
+                 short_side: int = 240, class_colours: bool = False,
+                 object_radius: tuple[float, float] = (0.08, 0.2)) -> VideoScene:
+  """The scene of video ``index`` of ``split``; independent of every other video.
+
+  ``object_radius``: range of the objects' radii at frame 0 as fractions of the short side;
+  scaling it leaves every other draw (positions, motion, colours, order) unchanged.
+  """
   rng = _rng(seed, split, index, 0)
   aw, ah = ASPECTS[int(rng.integers(len(ASPECTS)))]
   scale = short_side / min(aw, ah)
@@ -276,7 +285,7 @@ def sample_scene(seed: int, split: str, index: int, min_frames: int = 8, max_fra
   shapes = np.concatenate([pool, rng.choice(pool, size=num - pool.size)])
   colour_rng = _rng(seed, split, index, 2) if class_colours else None
   instances = tuple(_sample_instance(rng, int(s), length, width, height, short_side,
-                                     colour_rng)
+                                     colour_rng, object_radius)
                     for s in rng.permutation(shapes))
   return VideoScene(seed=seed, split=split, index=index, height=height, width=width,
                     length=length, instances=instances, back_to_front=rng.permutation(num))

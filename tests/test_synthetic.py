@@ -483,3 +483,36 @@ def test_class_colours_put_the_main_hue_in_the_class_band():
       assert distance <= 0.25 + 1e-3, (b.shape, hue)
       seen.add(b.shape)
   assert len(seen) >= 5
+
+
+def test_object_radius_scales_the_objects_and_nothing_else():
+  """Radii at frame 0 lie in ``object_radius`` x short side and stay within [0.75 low,
+  1.5 high] over the video; positions, motion, colours and depth order are the default's."""
+  low, high = 0.12, 0.24
+  for index in range(12):
+    plain = synthetic.sample_scene(0, "train", index)
+    big = synthetic.sample_scene(0, "train", index, object_radius=(low, high))
+    short = min(big.height, big.width)
+    assert np.array_equal(plain.back_to_front, big.back_to_front)
+    for a, b in zip(plain.instances, big.instances, strict=True):
+      assert a.shape == b.shape and a.texture == b.texture
+      assert np.array_equal(a.colours, b.colours)
+      assert a.pose(0)[:2] == b.pose(0)[:2] and a.pose(0)[3] == b.pose(0)[3]
+      # The same uniform draw, mapped onto the other range.
+      u = (math.exp(a.log_r0) / short - 0.08) / 0.12
+      assert math.exp(b.log_r0) / short == pytest.approx(low + u * (high - low), rel=1e-9)
+      radii = [b.pose(t)[2] / short for t in range(big.length)]
+      assert min(radii) >= 0.75 * low * math.exp(-b.log_r_wobble) - 1e-9
+      assert max(radii) <= 1.5 * high * math.exp(b.log_r_wobble) + 1e-9
+
+
+def test_object_radius_is_validated_and_recorded(tmp_path):
+  with pytest.raises(ValueError, match="object_radius"):
+    synthetic.generate(str(tmp_path / "bad"), **dict(PARAMS, num_train_videos=1,
+                                                      num_valid_videos=0),
+                       object_radius=(0.3, 0.2))
+  out = str(tmp_path / "cli")
+  synthetic.main(["--out", out, "--videos", "2", "--valid-videos", "0", "--min-frames", "8",
+                  "--max-frames", "8", "--short-side", "48", "--object-radius", "0.1", "0.3"])
+  with open(os.path.join(out, "params.json")) as f:
+    assert json.load(f)["object_radius"] == [0.1, 0.3]
