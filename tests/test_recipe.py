@@ -52,3 +52,13 @@ def test_unknown_recipe_and_flags_are_refused(tmp_path):
   flag = subprocess.run([sys.executable, "-m", "vis_jax.recipe", f"--workdir={tmp_path}",
                          "--lr=3"], env=env, capture_output=True, text=True)
   assert flag.returncode != 0 and "--lr=3" in flag.stderr
+
+
+def test_data_flags_reach_every_stage_and_model_flags_only_the_last():
+  from vis_jax import recipe
+  extra = ["--config.data.synthetic.object_radius=(0.12,0.24)", "--config.model.vita.enc_layers=1"]
+  assert recipe.stage_flags(extra, last=False) == extra[:1]
+  assert recipe.stage_flags(extra, last=True) == extra
+  detector, vita = recipe.RECIPES["vita_synthetic"]
+  first = recipe.stage_command(detector, "/w", None, recipe.stage_flags(extra, last=False))
+  assert extra[0] in first and extra[1] not in first

@@ -14,7 +14,8 @@ images. The synthetic recipes reproduce that schedule from scratch on the synthe
 Every stage is its own ``vis_jax.main`` process, so a killed recipe resumes where it stopped:
 a stage whose final checkpoint exists is skipped, a partial one resumes from its checkpoint.
 ``DIR/recipe.json`` records each stage's wall time and the final evaluation (AP, AR, ...).
-Extra ``--config.key=value`` flags go to the last (video) stage; ``--detector_steps`` and
+Extra ``--config.key=value`` flags go to the last (video) stage, except ``--config.data.*``
+flags, which go to every stage (the stages must see the same data); ``--detector_steps`` and
 ``--steps`` shorten the stages, ``--variant smoke`` runs every stage's ``:smoke`` config.
 """
 
@@ -130,6 +131,12 @@ def stage_command(stage: Stage, workdir: str, steps: int | None, extra: list[str
   return command + extra
 
 
+def stage_flags(extra: list[str], last: bool) -> list[str]:
+  """The recipe's extra ``--config.*`` flags that a stage receives: all of them for the last
+  stage, only the data flags (``--config.data.*``) for the earlier ones."""
+  return list(extra) if last else [f for f in extra if f.startswith("--config.data.")]
+
+
 def _stage_steps(stage: Stage, steps: int | None, variant: str) -> int:
   if steps is not None:
     return steps
@@ -161,8 +168,7 @@ def run_recipe(name: str, workdir: str, detector_steps: int | None = None,
       print(f"recipe: stage {stage.name} already complete ({target} steps)", flush=True)
     else:
       start = time.perf_counter()
-      _run(stage_command(stage, workdir, stage_steps, list(extra or []) if last else [],
-                         variant))
+      _run(stage_command(stage, workdir, stage_steps, stage_flags(extra or [], last), variant))
       record["seconds"] = round(record.get("seconds", 0.0) + time.perf_counter() - start, 1)
     record["steps"] = target
     if not last:
