@@ -22,12 +22,13 @@ STRIDES4 = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 STRIDES2 = {"stem": 2, **STRIDES4}
 
 
-def _decoder(strides: dict[str, int], common_stride: int, mask_position: bool = False
-             ) -> MSDeformAttnPixelDecoder:
+def _decoder(strides: dict[str, int], common_stride: int, mask_position: bool = False,
+             memory_position: bool = False) -> MSDeformAttnPixelDecoder:
   return MSDeformAttnPixelDecoder(
       in_features=tuple(strides), feature_strides=tuple(strides.values()), conv_dim=CONV_DIM,
       mask_dim=CONV_DIM, num_encoder_layers=1, num_heads=2, dim_feedforward=32,
-      common_stride=common_stride, num_groups=4, mask_position=mask_position)
+      common_stride=common_stride, num_groups=4, mask_position=mask_position,
+      memory_position=memory_position)
 
 
 def _features(seed: int = 0) -> dict[str, jax.Array]:
@@ -93,6 +94,26 @@ def test_mask_position_adds_a_linear_map_of_the_sine_encoding(decoders):
   pos = np.asarray(sine_position_2d((2, 32, 48), CONV_DIM // 2))
   np.testing.assert_allclose(np.asarray(out["pre_mask_features"]),
                              np.asarray(out2["pre_mask_features"]) + pos @ kernel, atol=1e-4)
+
+
+def test_memory_position_adds_a_linear_map_of_the_sine_encoding_to_each_decoder_level(
+    decoders):
+  feats, p2, out2 = decoders["feats"], decoders["p2"], decoders["out2"]
+  dec = _decoder(STRIDES2, 2, memory_position=True)
+  init = dec.init(jax.random.key(0), feats)["params"]
+  names = [f"memory_position_{i}" for i in range(3)]
+  assert all(not np.any(np.asarray(init[n]["kernel"])) for n in names)   # identity at init
+  rng = np.random.default_rng(4)
+  kernels = {n: rng.normal(size=(CONV_DIM, CONV_DIM)).astype(np.float32) for n in names}
+  out = jax.jit(dec.apply)({"params": dict(p2, **{n: {"kernel": k}
+                                                   for n, k in kernels.items()})}, feats)
+  for n, got, base in zip(names, out["multi_scale_features"], out2["multi_scale_features"],
+                          strict=True):
+    pos = np.asarray(sine_position_2d(base.shape[:3], CONV_DIM // 2))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(base) + pos @ kernels[n], atol=1e-4)
+  # Added after the FPN: the finer maps and the mask features do not see it.
+  np.testing.assert_array_equal(np.asarray(out["mask_features"]),
+                                np.asarray(out2["mask_features"]))
 
 
 def test_resnet_stem_feature_is_the_pre_pool_map():

@@ -18,7 +18,8 @@ pixel decoder. Under ``jit`` outputs a caller does not use are dead code and cos
   pixel_decoder   conv_dim, mask_dim [256], num_encoder_layers [6], num_heads [8], num_points [4],
                   dim_feedforward [1024], transformer_in_features [res3..res5], common_stride [4;
                   2 adds an FPN level from a ResNet's stride-2 stem, masks at 1/2],
-                  mask_position [False: position-blind mask features], num_groups [32];
+                  mask_position [False: position-blind mask features], memory_position
+                  [False: position only in the decoder's attention keys], num_groups [32];
                   deformable-attention memory knobs batch_mode ("vmap"|"map"), map_batch_size,
                   query_chunk (0 = off), remat
   decoder         hidden_dim [256], num_queries [100], num_heads [8], dim_feedforward [2048],
@@ -63,7 +64,7 @@ def default_config() -> ConfigDict:
       pixel_decoder=ConfigDict(dict(
           conv_dim=256, mask_dim=256, num_encoder_layers=6, num_heads=8, num_points=4,
           dim_feedforward=1024, transformer_in_features=("res3", "res4", "res5"),
-          common_stride=4, mask_position=False, num_groups=32,
+          common_stride=4, mask_position=False, memory_position=False, num_groups=32,
           batch_mode="vmap", map_batch_size=0, query_chunk=0, remat=False)),
       decoder=ConfigDict(dict(
           hidden_dim=256, num_queries=100, num_heads=8, dim_feedforward=2048, dec_layers=9,

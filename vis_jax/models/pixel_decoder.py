@@ -197,6 +197,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
       the official module: without it a mask feature says nothing about where its pixel is, so
       a query cannot tell two identical-looking objects apart (the CoordConv argument of SOLO);
       small detectors trained from scratch merge same-class neighbours.
+    memory_position: add a learned linear map (zero at initialisation, one per level) of the
+      2-D sine position encoding to each ``multi_scale_features`` map, the memory the
+      transformer decoder's cross-attention reads. Not in the official module: there the
+      position encoding enters only the attention keys, so the values a query gathers, hence
+      its mask embedding, say nothing about where they came from, and a position-aware mask
+      feature (``mask_position``) has nothing to match.
     num_groups: GroupNorm groups.
     dtype: compute dtype (the official decoder runs in fp32).
     param_dtype: parameter dtype.
@@ -213,6 +219,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
   dim_feedforward: int = 1024
   common_stride: int = 4
   mask_position: bool = False
+  memory_position: bool = False
   num_groups: int = 32
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -292,12 +299,18 @@ class MSDeformAttnPixelDecoder(nn.Module):
                                                            .astype(self.dtype))
       y = lateral + resize_bilinear(outs[-1], lateral.shape[1:3])
       outs.append(ConvNorm(c, 3, relu=True, name=f"layer_{k}", **kw)(y))
-    if self.mask_position:
-      h, w = outs[-1].shape[1:3]
-      position = nn.Dense(c, use_bias=False, kernel_init=nn.initializers.zeros,
-                          dtype=self.dtype, param_dtype=self.param_dtype, name="mask_position")(
+    def learned_position(x: jax.Array, name: str) -> jax.Array:
+      h, w = x.shape[1:3]
+      return x + nn.Dense(c, use_bias=False, kernel_init=nn.initializers.zeros,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)(
                               sine_position_2d((batch, h, w), c // 2).astype(self.dtype))
-      outs[-1] = outs[-1] + position
+
+    if self.memory_position:
+      # After the FPN, so the finer maps and mask features are not shifted by it.
+      for i in range(min(MASKFORMER_NUM_FEATURE_LEVELS, n_levels)):
+        outs[i] = learned_position(outs[i], f"memory_position_{i}")
+    if self.mask_position:
+      outs[-1] = learned_position(outs[-1], "mask_position")
 
     mask_features = nn.Conv(self.mask_dim, (1, 1), dtype=self.dtype,
                             param_dtype=self.param_dtype, kernel_init=c2_xavier_init,
