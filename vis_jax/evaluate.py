@@ -44,6 +44,7 @@ from vis_jax.evaluation.accumulate import (
 )
 from vis_jax.evaluation.loading import EvalInputError, load_gt, load_results
 from vis_jax.evaluation.submission import encode_results, write_submission
+from vis_jax.evaluation.track_breakdown import track_breakdown
 from vis_jax.evaluation.video_iou import video_iou
 
 __all__ = ["EvalInputError", "EvalResult", "encode_results", "evaluate", "main",
@@ -183,6 +184,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--ovis", action="store_true", help="OVIS fork: occlusion breakdown")
   parser.add_argument("--per-category", action="store_true",
                       help="print the per-category AP table on stderr (and add it to --output)")
+  parser.add_argument("--tracks", action="store_true",
+                      help="add where AP is lost (vis_jax/evaluation/track_breakdown.py): per "
+                           "GT track the best prediction's video IoU, class and rank; the "
+                           "summary under 'track_breakdown', every track in --output")
   parser.add_argument("--output", help="also write the JSON object to this file")
   return parser.parse_args(argv)
 
@@ -192,14 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
   try:
     result = evaluate(args.gt, args.results, ovis=args.ovis)
+    tracks = track_breakdown(args.gt, args.results) if args.tracks else None
   except EvalInputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(result.stats))
+  shown: dict[str, Any] = dict(result.stats)
+  if tracks is not None:
+    shown["track_breakdown"] = tracks["summary"]
+  print(json.dumps(shown))
   if args.per_category:
     print(result.format_per_category(), file=sys.stderr)
   if args.output:
-    payload: dict[str, Any] = dict(result.stats)
+    payload = dict(shown)
+    if tracks is not None:
+      payload["track_breakdown"] = tracks
     if args.per_category:
       payload["per_category"] = result.per_category
     try:
