@@ -255,8 +255,8 @@ class Mask2FormerVIS(ModelBundle):
     final = np.asarray(scores, np.float64)
     if cfg.mask_score:
       final = final * stream.mask_scores()
-    return [{"score": float(s), "label": int(label), "segmentations": rles}
-            for s, label, rles in zip(final, labels, stream.rles, strict=True)]
+    return _by_score([{"score": float(s), "label": int(label), "segmentations": rles}
+                      for s, label, rles in zip(final, labels, stream.rles, strict=True)])
 
   def _predict_chunked(self, variables: Any, video: eval_source.EvalVideo
                        ) -> list[dict[str, Any]]:
@@ -299,7 +299,13 @@ class Mask2FormerVIS(ModelBundle):
       score = float(flat[i]) * (float(mask_scores[track]) if cfg.mask_score else 1.0)
       results.append({"score": score, "label": label,
                       "segmentations": tracks.segmentations(track)})
-    return results
+    return _by_score(results)
+
+
+def _by_score(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Highest score first (stable): with ``mask_score`` the top-k by class probability is
+  re-ordered by the final score, the same way on the whole-video and the chunked path."""
+  return sorted(results, key=lambda r: -r["score"])
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
