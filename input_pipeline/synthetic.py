@@ -56,13 +56,15 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from input_pipeline.synthetic_scene import CATEGORIES, SPLITS, sample_scene
+from input_pipeline.synthetic_scene import (
+    CATEGORIES,
+    DEFAULT_OBJECT_RADIUS,
+    SPLITS,
+    sample_scene,
+)
 
 # Bump when the generated content changes, so ensure_dataset() regenerates stale caches.
 VERSION = 1
-
-# Objects' radii at frame 0, fractions of the short side (the configs set their own).
-DEFAULT_OBJECT_RADIUS = (0.08, 0.2)
 
 OCCLUSION_NAMES = ("no_occlusion", "slight_occlusion", "severe_occlusion")
 

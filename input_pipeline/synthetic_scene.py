@@ -23,6 +23,8 @@ TEXTURES = ("plain", "stripes", "dots", "checker", "gradient")
 # (width, height) ratios; the shorter side is `short_side`.
 ASPECTS = ((4, 3), (16, 9), (1, 1), (3, 4))
 SPLITS = ("train", "valid")
+# Objects' radii at frame 0, fractions of the short side (the configs set their own).
+DEFAULT_OBJECT_RADIUS = (0.08, 0.2)
 
 
 # ---- scene sampling -----------------------------------------------------------------------------
@@ -111,7 +113,7 @@ class _Instance:
 
 def _sample_instance(rng: np.random.Generator, shape: int, length: int, width: int, height: int,
                      short: int, colour_rng: np.random.Generator | None = None,
-                     object_radius: tuple[float, float] = (0.08, 0.2)) -> _Instance:
+                     object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> _Instance:
   """One instance; ``colour_rng`` (class_colours) draws its class-band main colour; the radius
   at frame 0 is uniform in ``object_radius`` x the short side."""
   anchor_t = int(rng.integers(0, length))
@@ -268,7 +270,7 @@ class VideoScene:
 
 def sample_scene(seed: int, split: str, index: int, min_frames: int = 8, max_frames: int = 60,
                  short_side: int = 240, class_colours: bool = False,
-                 object_radius: tuple[float, float] = (0.08, 0.2)) -> VideoScene:
+                 object_radius: tuple[float, float] = DEFAULT_OBJECT_RADIUS) -> VideoScene:
   """The scene of video ``index`` of ``split``; independent of every other video.
 
   ``object_radius``: range of the objects' radii at frame 0 as fractions of the short side;
