@@ -42,13 +42,22 @@ from vis_jax.evaluation.accumulate import (
   summarize,
   summary_value,
 )
-from vis_jax.evaluation.loading import EvalInputError, load_gt, load_results
+from vis_jax.evaluation.loading import (
+    EvalInputError,
+    GroundTruth,
+    Predictions,
+    load_gt,
+    load_results,
+)
 from vis_jax.evaluation.submission import encode_results, write_submission
-from vis_jax.evaluation.track_breakdown import track_breakdown
+from vis_jax.evaluation.track_breakdown import breakdown
 from vis_jax.evaluation.video_iou import video_iou
 
-__all__ = ["EvalInputError", "EvalResult", "encode_results", "evaluate", "main",
-           "write_submission"]
+__all__ = ["EvalInputError", "EvalResult", "encode_results", "evaluate", "evaluate_loaded",
+           "main", "write_submission"]
+
+# The official per-(video, category) detection limits; AP uses the largest.
+DEFAULT_MAX_DETS = (1, 10, 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +80,7 @@ class EvalResult:
   precision: np.ndarray
   recall: np.ndarray
   ovis: bool = False
-  max_dets: tuple[int, ...] = (1, 10, 100)
+  max_dets: tuple[int, ...] = DEFAULT_MAX_DETS
   num_results: int = 0
   num_dropped: int = 0
 
@@ -94,7 +103,7 @@ def _check_max_dets(max_dets: Sequence[int]) -> tuple[int, ...]:
 
 
 def evaluate(gt: Mapping | str | os.PathLike, results: Sequence | str | os.PathLike,
-             ovis: bool = False, max_dets: Sequence[int] = (1, 10, 100)) -> EvalResult:
+             ovis: bool = False, max_dets: Sequence[int] = DEFAULT_MAX_DETS) -> EvalResult:
   """Evaluates video instance segmentation results exactly as the official API does.
 
   Args:
@@ -113,6 +122,14 @@ def evaluate(gt: Mapping | str | os.PathLike, results: Sequence | str | os.PathL
   max_dets = _check_max_dets(max_dets)
   gt_data = load_gt(gt, ovis=ovis)
   preds = load_results(results, gt_data, max_det=max_dets[-1])
+  return evaluate_loaded(gt_data, preds, ovis, max_dets)
+
+
+def evaluate_loaded(gt_data: GroundTruth, preds: Predictions, ovis: bool = False,
+                    max_dets: Sequence[int] = DEFAULT_MAX_DETS) -> EvalResult:
+  """``evaluate`` on inputs already loaded by ``load_gt`` / ``load_results`` (the latter cut
+  to ``max_dets[-1]`` per video and category)."""
+  max_dets = _check_max_dets(max_dets)
   if preds.num_results == 0:
     warnings.warn("results list is empty (the official evaluator crashes on it); every "
                   "category with GT scores AP = AR = 0", stacklevel=2)
@@ -196,8 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
   args = _parse_args(argv)
   try:
-    result = evaluate(args.gt, args.results, ovis=args.ovis)
-    tracks = track_breakdown(args.gt, args.results) if args.tracks else None
+    # Parsed once for the metric and the breakdown.
+    gt_data = load_gt(args.gt, ovis=args.ovis)
+    preds = load_results(args.results, gt_data, max_det=DEFAULT_MAX_DETS[-1])
+    result = evaluate_loaded(gt_data, preds, ovis=args.ovis)
+    tracks = breakdown(gt_data, preds) if args.tracks else None
   except EvalInputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vis_jax.evaluation.loading import load_gt, load_results
+from vis_jax.evaluation.loading import GroundTruth, Predictions, load_gt, load_results
 from vis_jax.evaluation.video_iou import video_iou
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -40,7 +40,11 @@ def track_breakdown(gt: Mapping | str | os.PathLike, results: Sequence | str | o
     best fields are None.
   """
   gt_data = load_gt(gt)
-  preds = load_results(results, gt_data, max_det=max_det)
+  return breakdown(gt_data, load_results(results, gt_data, max_det=max_det))
+
+
+def breakdown(gt_data: GroundTruth, preds: Predictions) -> dict[str, Any]:
+  """``track_breakdown`` on inputs already loaded by ``load_gt`` / ``load_results``."""
   rows, duplicates, num_preds = [], 0, 0
   for video_id in gt_data.video_ids:
     g_items = [(c, t) for (v, c), ts in gt_data.tracks.items() if v == video_id for t in ts]
