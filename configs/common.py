@@ -234,6 +234,9 @@ def apply_smoke(c: ConfigDict) -> ConfigDict:
   c.data.synthetic.num_valid_videos = 2
   c.data.synthetic.max_frames = 16
   c.data.synthetic.short_side = 96
+  # Its own directory: a smoke run must not replace the full dataset of the default root.
+  if c.data.synthetic.root == os.path.join(default_cache_dir(), "synthetic"):
+    c.data.synthetic.root = os.path.join(default_cache_dir(), "synthetic_smoke")
   return c
 
 

@@ -119,6 +119,18 @@ def test_synthetic_paths_resolve_against_root(tmp_path):
   assert paths["__eval__"]["frames"] == os.path.join(str(tmp_path), "valid", "JPEGImages")
 
 
+def test_smoke_data_never_replaces_the_default_dataset():
+  # ensure_dataset replaces a root generated with other parameters: the smoke variant's tiny
+  # dataset must live elsewhere than the full default one, but keep a root the user chose.
+  full = importlib.import_module("configs.vita_synthetic").get_config()
+  smoke = importlib.import_module("configs.vita_synthetic").get_config("smoke")
+  assert full.data.synthetic.root == os.path.join(common.default_cache_dir(), "synthetic")
+  assert smoke.data.synthetic.root == os.path.join(common.default_cache_dir(), "synthetic_smoke")
+  chosen = common.base_config()
+  chosen.data.synthetic.root = "/data/my_synthetic"
+  assert common.apply_smoke(chosen).data.synthetic.root == "/data/my_synthetic"
+
+
 _R50, _SWINL = ("resnet50", 100, 360), ("swin_large", 200, 448)   # backbone, queries, test size
 _SPEC_TABLE = [   # name, detector, steps, lr steps, top-k, (T, R)
     ("vita_r50_ytvis19", _R50, 140_000, (75_000,), 10, (5, 20)),
