@@ -133,3 +133,61 @@ def test_failure_breakdown_of_a_union_detector(config):
   assert total == union["instance_frames"]
   same = union["failure_breakdown"]["same_class_neighbour"]
   assert same["in"]["instance_frames"] + same["out"]["instance_frames"] == total
+
+
+def _instance_features(noise: float, informative: bool = True):
+  """Mask features whose channel i is track i's ground truth on the output grid (or nothing),
+  plus Gaussian noise: a linear embedding segments every instance exactly when informative."""
+  rng = np.random.default_rng(0)
+
+  def features(video, index):
+    h, w = video.original_size
+    gt = np.stack([decode_segmentation(t.segmentations[index], h, w)
+                   if t.segmentations[index] is not None else np.zeros((h, w), bool)
+                   for t in video.tracks])
+    grid = (detector_report.ceiling_grid(gt, video, 4) + 1) / 2          # [g, h', w']
+    feats = np.zeros((*grid.shape[1:], 8), np.float32)
+    if informative:
+      feats[..., :grid.shape[0]] = grid.transpose(1, 2, 0)
+    return feats + noise * rng.normal(size=feats.shape).astype(np.float32)
+  return features
+
+
+def test_linear_probe_finds_separating_features_and_not_noise(config):
+  exact = detector_report.report(config, _oracle(4), every=5,
+                                 frame_features=_instance_features(0.01))
+  probe = exact["linear_probe"]
+  # The fitted mask thresholds the instance's own grid (near the resolution ceiling, 0.84;
+  # the logistic fit's threshold on soft targets is not exactly 0.5), per frame and per track
+  # (the same embedding works in every frame).
+  assert 0.75 < probe["frame_iou"] <= exact["resolution_ceiling_iou"] + 0.01
+  assert 0.7 < probe["track_iou"] <= exact["resolution_ceiling_iou"] + 0.01
+  split = probe["frame_same_class_neighbour"]
+  assert split["in"]["count"] + split["out"]["count"] == exact["instance_frames"]
+  assert probe["track_same_class_neighbour"]["in"]["count"] + \
+      probe["track_same_class_neighbour"]["out"]["count"] > 0
+  noise = detector_report.report(config, _oracle(4), every=5,
+                                 frame_features=_instance_features(1.0, informative=False))
+  assert noise["linear_probe"]["frame_iou"] < 0.3
+  assert "linear_probe" not in detector_report.report(config, _oracle(4), every=5)
+
+
+def test_probe_fit_matches_scipy_logistic_regression():
+  from scipy import optimize
+
+  from vis_jax.evaluation import feature_probe
+  rng = np.random.default_rng(1)
+  feats = rng.normal(size=(1, 10, 12, 3)).astype(np.float32) * [1.0, 3.0, 0.2] + [0, 2, -1]
+  targets = rng.uniform(size=(2, 1, 10, 12)).astype(np.float32)
+  targets[0] = (feats[..., 0] + 0.5 * feats[..., 1] > 1.0)           # a separable one
+  got = feature_probe.fit_masks(feats, targets, steps=4000)
+  x = feats.reshape(-1, 3).astype(np.float64)
+  x = np.concatenate([(x - x.mean(0)) / np.sqrt(x.var(0) + 1e-6), np.ones((len(x), 1))], 1)
+  for row in range(2):
+    t = targets[row].reshape(-1).astype(np.float64)
+
+    def objective(w, t=t):
+      z = x @ w
+      return np.mean(np.logaddexp(0, z) - z * t) + feature_probe.L2 * np.sum(w[:-1] ** 2)
+    w = optimize.minimize(objective, np.zeros(4), method="L-BFGS-B", tol=1e-12).x
+    np.testing.assert_allclose(got[row].reshape(-1), x @ w, atol=0.05 * (1 + np.abs(x @ w).max()))

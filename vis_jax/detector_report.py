@@ -4,7 +4,8 @@ frame detector) on the annotated frames of the evaluation videos.
 CLI (exit code 2 with a one-line message on bad input)::
 
   python -m vis_jax.detector_report (--workdir DIR [--step N] | --checkpoint DIR)
-      [--every 3] [--top-k 10] [--max-videos N] [--output FILE.json] [--config.a.b=value ...]
+      [--every 3] [--top-k 10] [--max-videos N] [--output FILE.json] [--probe]
+      [--config.a.b=value ...]
 
 Every ``--every``-th frame of every evaluation video (``config.data.eval``, or the local
 validation split) goes through the detector at the test size (``config.input.min_size_test``;
@@ -25,6 +26,13 @@ override it to study resolution). The JSON report (printed, and written to ``--o
   ``merged`` — its best query's mask also covers more than half of another annotated instance
   of the frame (two objects predicted as one); ``same_class_neighbour`` — another instance of its
   class is annotated in the frame; ``small`` — its mask is under ``SMALL_FRACTION`` of the frame.
+* ``linear_probe`` (``--probe``): could any mask embedding do better on these features
+  (``vis_jax/evaluation/feature_probe.py``)? Per instance, the best linear mask on the mask
+  features fitted to its own ground truth: ``frame_iou`` (one embedding per instance-frame, as a
+  frame query) and ``track_iou`` (one per track over its sampled frames, as a video query; video
+  IoU over those frames), each split by a same-class neighbour in the frame / video. Far above
+  ``best_query_iou``, it says the features separate the instances and the decoder's queries do
+  not find the embedding that does.
 
 For a VITA workdir the detector's parameters are those under ``detector``.
 """
@@ -46,7 +54,7 @@ from input_pipeline import frames, transforms
 from input_pipeline.eval_source import EvalVideo, make_eval_source
 from vis_jax import evaluate as ytvis_eval
 from vis_jax import predict
-from vis_jax.evaluation import runner
+from vis_jax.evaluation import feature_probe, runner
 from vis_jax.evaluation.submission import encode_results
 from vis_jax.inference import postprocess
 from vis_jax.models.mask2former_model import Mask2FormerModel
@@ -179,10 +187,90 @@ def detector_predictor(config: Any, params: Any, model_state: Any) -> FramePredi
   return predict_frame
 
 
+# (video, frame index) → mask features [h, w, D] on the output grid.
+FeatureFunction = Callable[[EvalVideo, int], np.ndarray]
+
+
+def detector_features(config: Any, params: Any, model_state: Any) -> FeatureFunction:
+  """The trained detector's mask features (backbone + pixel decoder) as a ``FeatureFunction``."""
+  module, variables = _detector(config, params, model_state)
+  forward = jax.jit(lambda v, x: module.apply(v, x, method=type(module).pixel_features))
+  return lambda video, index: np.asarray(
+      forward(variables, _frame(video, index))["mask_features"][0], np.float32)
+
+
+def _grid_logits(logits: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
+  """``[g, n, h', w']`` logits on the valid part of the grid → ``[g, n, h, w]`` on the whole
+  (padded) output grid, padding at -10 (empty)."""
+  grid_h, grid_w = video.padded_size[0] // stride, video.padded_size[1] // stride
+  full = np.full((*logits.shape[:2], grid_h, grid_w), -10.0, np.float32)
+  full[:, :, :logits.shape[2], :logits.shape[3]] = logits
+  return full
+
+
+class _Probe:
+  """``feature_probe`` fits for one video: per instance-frame and per track (module docstring:
+  ``linear_probe``)."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+    self.frame_iou: list[float] = []
+    self.frame_same_class: list[bool] = []
+    self.track_iou: list[float] = []
+    self.track_same_class: list[bool] = []
+
+  def add_video(self, video: EvalVideo, features: list[np.ndarray], gts: list[np.ndarray],
+                labels: Sequence[int]) -> None:
+    """``features``: per sampled frame ``[h, w, D]``; ``gts``: per sampled frame ``[g, H0, W0]``
+    bool for all ``g`` tracks of the video (empty where absent)."""
+    if not gts or not len(labels):
+      return
+    h, w = (round(s / self.stride) for s in video.resized_size)
+    feats = np.stack([f[:h, :w] for f in features])                      # [n, h, w, D]
+    targets = np.stack([(ceiling_grid(g, video, self.stride)[:, :h, :w] + 1) / 2
+                        for g in gts], 1)                               # [g, n, h, w]
+    labels = np.asarray(labels)
+    same = [(labels == label).sum() > 1 for label in labels]
+    inter, union = np.zeros(len(labels)), np.zeros(len(labels))
+    per_track = self._masks(feature_probe.fit_masks(feats, targets), video)
+    for k, gt in enumerate(gts):
+      present = gt.reshape(len(labels), -1).any(1)
+      per_frame = self._masks(feature_probe.fit_masks(feats[k:k + 1], targets[:, k:k + 1]),
+                              video)[:, 0]
+      for i in np.flatnonzero(present):
+        self.frame_iou.append(float(_ious(per_frame[i:i + 1], gt[i:i + 1])[0, 0]))
+        self.frame_same_class.append(bool((present & (labels == labels[i])).sum() > 1))
+      overlap, pred_area, gt_area = _overlaps(per_track[:, k], gt)
+      inter += np.diag(overlap)
+      union += pred_area + gt_area - np.diag(overlap)
+    for i in range(len(labels)):
+      if union[i] > 0:
+        self.track_iou.append(float(inter[i] / union[i]))
+        self.track_same_class.append(same[i])
+
+  def _masks(self, logits: np.ndarray, video: EvalVideo) -> np.ndarray:
+    """``[g, n, h', w']`` fitted logits → bool ``[g, n, H0, W0]``."""
+    full = _grid_logits(logits, video, self.stride)
+    return np.stack([_to_original(full[:, k], video)[0] for k in range(full.shape[1])], 1)
+
+  def summary(self) -> dict[str, Any]:
+    def side(values, select):
+      values, select = np.asarray(values), np.asarray(select, bool)
+      return {"in": {"count": int(select.sum()),
+                     "iou": float(values[select].mean()) if select.any() else float("nan")},
+              "out": {"count": int((~select).sum()),
+                      "iou": float(values[~select].mean()) if (~select).any() else float("nan")}}
+    return {"frame_iou": float(np.mean(self.frame_iou)) if self.frame_iou else float("nan"),
+            "frame_same_class_neighbour": side(self.frame_iou, self.frame_same_class),
+            "track_iou": float(np.mean(self.track_iou)) if self.track_iou else float("nan"),
+            "track_same_class_neighbour": side(self.track_iou, self.track_same_class)}
+
+
 def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: int = 10,
-           max_videos: int | None = None) -> dict[str, Any]:
+           max_videos: int | None = None, frame_features: FeatureFunction | None = None
+           ) -> dict[str, Any]:
   """Scores ``predict_frame`` on every ``every``-th frame of the evaluation videos; see the
-  module docstring for the returned fields."""
+  module docstring for the returned fields (``linear_probe`` with ``frame_features``)."""
   if every < 1 or top_k < 1:
     raise ValueError(f"--every and --top-k must be >= 1 (got {every}, {top_k})")
   stride = int(config.model.pixel_decoder.common_stride)
@@ -195,9 +283,18 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
   best_iou, best_correct, ceiling = [], [], []
   flags: dict[str, list[bool]] = {"merged": [], "same_class_neighbour": [], "small": []}
   start = time.perf_counter()
+  probe = _Probe(stride) if frame_features is not None else None
   for video in videos:
     height, width = video.original_size
+    probe_tracks = [t for t in video.tracks if not t.iscrowd]
+    probe_features, probe_gts = [], []
     for index in range(0, video.length, every):
+      if probe is not None:
+        probe_features.append(frame_features(video, index))
+        probe_gts.append(np.stack([
+            frames.decode_segmentation(t.segmentations[index], height, width)
+            if t.segmentations[index] is not None else np.zeros((height, width), bool)
+            for t in probe_tracks]) if probe_tracks else np.zeros((0, height, width), bool))
       tracks = [t for t in video.tracks if t.segmentations[index] is not None and not t.iscrowd]
       frame_id = len(gt_videos) + 1
       gt_videos.append({"id": frame_id, "height": height, "width": width, "length": 1,
@@ -227,6 +324,8 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
         ceiling.extend(np.diag(_ious(ceiling_masks(gt, video, stride), gt)).tolist())
         for name, f in failure_flags(masks[best], gt, [t.label for t in tracks]).items():
           flags[name].extend(f.tolist())
+    if probe is not None:
+      probe.add_video(video, probe_features, probe_gts, [t.label for t in probe_tracks])
 
   categories = [{"id": int(c), "name": str(c)} for c in sorted(set(label_to_category.values()))]
   scored = ytvis_eval.evaluate({"videos": gt_videos, "annotations": gt_annotations,
@@ -244,6 +343,7 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
       "best_query_class_accuracy": float(np.mean(best_correct)) if best_correct else float("nan"),
       "resolution_ceiling_iou": float(np.mean(ceiling)) if ceiling else float("nan"),
       "failure_breakdown": _breakdown(best_iou, flags),
+      **({"linear_probe": probe.summary()} if probe is not None else {}),
       "seconds": round(time.perf_counter() - start, 2),
   }
 
@@ -258,6 +358,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top-k", type=int, default=10, help="detections per frame (default 10)")
   p.add_argument("--max-videos", type=int, help="only the first N evaluation videos")
   p.add_argument("--output", help="also write the report to this JSON file")
+  p.add_argument("--probe", action="store_true",
+                 help="also fit the linear probe of the mask features (linear_probe)")
   return p
 
 
@@ -266,8 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config, params, model_state = predict.load_model(args.workdir, args.checkpoint, args.step,
                                                      overrides)
+    features = detector_features(config, params, model_state) if args.probe else None
     result = report(config, detector_predictor(config, params, model_state), args.every,
-                    args.top_k, args.max_videos)
+                    args.top_k, args.max_videos, features)
   except (predict.PredictError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
