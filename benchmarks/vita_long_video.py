@@ -333,11 +333,10 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
                    {"padded_hw": tuple(video.padded_size), "resized_hw": tuple(video.resized_size),
                     "original_hw": tuple(video.original_size)}),
   }
-  if keep:
-    pieces["masks_from_features"] = (fns["masks_from_features"],
-                                     (mask_embed, jnp.zeros(f_shape.shape, f_shape.dtype)), {})
-  else:
-    pieces["masks"] = (fns["masks"], (variables, images, valid, mask_embed), {})
+  pieces["masks_from_features"] = (fns["masks_from_features"],
+                                   (mask_embed, jnp.zeros(f_shape.shape, f_shape.dtype)), {})
+  if not keep:
+    pieces["mask_features"] = (fns["mask_features"], (variables, images, valid), {})
   compile_seconds, temp_mb = {}, {}
   for name, (fn, args, kwargs) in pieces.items():
     t0 = time.perf_counter()
@@ -350,7 +349,7 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
   del images, valid, mask_embed, low, pieces, compiled
 
   # Meter the pieces predict_video calls (they block, as its np.asarray calls do anyway).
-  for name in ("frame_queries", "video", "masks", "masks_from_features"):
+  for name in ("frame_queries", "video", "mask_features", "masks_from_features"):
     fns[name] = meter.wrap(name, fns[name])
   upsample = postprocess.upsample_chunk
   postprocess.upsample_chunk = meter.wrap("upsample", upsample)
@@ -358,7 +357,7 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
   rss_before_trim_kb = _trimmed_rss_kb()
   meter.checkpoint("before_inference")
   rss_before_kb = _status_kb("VmRSS")
-  inference_phases = ("host", "frame_queries", "video", "masks", "masks_from_features",
+  inference_phases = ("host", "frame_queries", "video", "mask_features", "masks_from_features",
                       "upsample")
   for phase in inference_phases:
     meter.peak_kb.pop(phase, None)
@@ -465,7 +464,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
       entry["inference_growth_mb_per_frame"] = slope(lambda r: r["inference_peak_rss_mb"])
       entry["phase_growth_mb_per_frame"] = {
           phase: slope(lambda r, phase=phase: r["phase_peak_rss_mb"][phase])
-          for phase in ("frame_queries", "video", "masks", "upsample", "host")
+          for phase in ("frame_queries", "video", "mask_features", "masks_from_features",
+                        "upsample", "host")
           if phase in lo["phase_peak_rss_mb"] and phase in hi["phase_peak_rss_mb"]}
       if "video" in lo["xla_temp_mb"] and "video" in hi["xla_temp_mb"]:
         entry["vita_xla_temp_mb_per_frame"] = slope(lambda r: r["xla_temp_mb"]["video"])

@@ -162,6 +162,7 @@ def base_config() -> ConfigDict:
       mask_loss_per_frame=True,     # False: VITA's one BCE/dice per instance over T*P points
       semantic_weight=0.0,          # dense per-pixel class loss (image model; not official)
       embedding_weight=0.0,         # instance-discriminative pixel embedding loss (same)
+      mask_piloting_weight=1.0,     # mask-piloted queries (model.decoder.mask_piloting; same)
   ))
 
   # ---- optimizer (official detectron2 groups; vis_jax/optim.py) -----------------------------

@@ -421,6 +421,32 @@ def test_chunked_and_bucketed_inference_is_unchanged(model, inference):
   _compare(out, ref)
 
 
+def test_mask_pooling_matches_numpy(model, inference):
+  """``mask_pooling``: the embedding gains W · (features pooled under its first-pass masks over
+  the real frames); padded frames (garbage here) are not pooled."""
+  fq, pix, plain, _ = inference
+  fq_b = np.concatenate([fq, 5.0 + np.zeros((3, 1, 2, QF, C), np.float32)], axis=2)
+  pix_b = np.concatenate([pix, 3.0 + np.ones((1, 2, 6, 7, CONV), np.float32)], axis=1)
+  valid = np.arange(10)[None] < 8
+  kernel = np.asarray(jax.random.normal(jax.random.key(11), (MASK_DIM, MASK_DIM))) * 0.2
+  params = {"params": dict(model["params"]["params"], mask_pool_proj={"kernel": kernel})}
+  pooled = vita.VITAModule(small_cfg(mask_pooling=True), num_classes=K, num_frame_queries=QF)
+  out = jax.jit(lambda p, a, b, v: pooled.apply(p, a, b, train=False, frame_valid=v))(
+      params, fq_b, pix_b, valid)
+  feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),
+                                           method=vita.VITAModule.project_mask_features),
+                     np.float64)[0]                                       # [T, h, w, D]
+  first = np.asarray(plain["pred_mask_embed"], np.float64)[0, 0]          # [Nv, D]
+  weights = 1 / (1 + np.exp(-np.einsum("qd,thwd->qthw", first, feats)))
+  mean = np.einsum("qthw,thwd->qd", weights, feats) / (weights.sum((1, 2, 3))[:, None] + 1)
+  embed = first + mean @ kernel
+  np.testing.assert_allclose(np.asarray(out["pred_mask_embed"])[0, 0], embed, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out["pred_masks"])[0, 0, :, :8],
+                             np.einsum("qd,thwd->qthw", embed, feats), rtol=1e-4, atol=2e-4)
+  assert np.abs(embed - first).max() > 1e-2
+
+
 def test_shift_in_training_uses_the_inference_schedule(model, inference):
   fq = jnp.asarray(inference[0][-1])  # [B=1, T=8, Qf, C] as [N, T, Qf, C]
   encode = lambda m, train: m.apply(model["params"], fq, None, train, method=m.encode)

@@ -94,6 +94,58 @@ def test_token_pruning_at_inference(vita_setup):
   assert max(abs(a["score"] - b["score"]) for a, b in zip(full, half, strict=True)) > 1e-4
 
 
+def test_mask_pooling_streams_as_the_whole_video(vita_setup):
+  """``vita.mask_pooling`` at inference pools chunk by chunk (two passes over the frames): the
+  pooled embeddings equal the module's on the whole video at once, and the kept-features and
+  recompute paths give identical predictions."""
+  config, _, params, model_state, video = vita_setup
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  config.model.vita.mask_pooling = True
+  config.model.inference.length_bucket = 1
+  d = int(config.model.vita.mask_dim)
+  kernel = np.asarray(jax.random.normal(jax.random.key(3), (d, d))) * 0.3
+  params = dict(params, vita=dict(params["vita"], mask_pool_proj={"kernel": kernel}))
+
+  def run(mode):
+    config.model.inference.mask_features = mode
+    bundle = registry.get_bundle(config)
+    captured = []
+    pooled_embed = bundle._jitted["pooled_embed"]
+    bundle._jitted["pooled_embed"] = lambda *a: captured.append(pooled_embed(*a)) or captured[-1]
+    return bundle, bundle.predict_video(params, model_state, video), np.asarray(captured[0])
+
+  bundle, keep, streamed = run("keep")
+  _, recompute, _ = run("recompute")
+  for a, b in zip(keep, recompute, strict=True):
+    assert a["label"] == b["label"]
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
+    assert [s["counts"] for s in a["segmentations"]] == [s["counts"] for s in b["segmentations"]]
+
+  frames = np.stack([part.images for part in eval_source.iter_frame_chunks(video, video.length)])
+  valid = np.zeros((1, *video.padded_size), bool)
+  valid[:, :video.resized_size[0], :video.resized_size[1]] = True
+  _, whole = bundle.module.apply({"params": params, **model_state}, jnp.asarray(frames),
+                                 jnp.asarray(valid), train=False)
+  reference = np.asarray(whole["pred_mask_embed"])[0, 0]               # [Nv, D]
+  # Every selected (query, class) pair's pooled embedding is its query's whole-video one.
+  distance = np.abs(streamed[:, None] - reference[None]).max(-1).min(1)
+  assert distance.max() < 1e-4, distance
+  first = np.asarray(bundle._jitted["video"](
+      {"params": params, **model_state}, *_frame_queries(bundle, params, model_state, video))
+      ["pred_mask_embed"])[0, 0]
+  assert np.abs(reference - first).max() > 1e-2  # the pooled term is not vacuous
+
+
+def _frame_queries(bundle, params, model_state, video):
+  variables = {"params": params, **model_state}
+  valid = np.zeros((video.length, *video.padded_size), bool)
+  valid[:, :video.resized_size[0], :video.resized_size[1]] = True
+  (part,) = eval_source.iter_frame_chunks(video, video.length)
+  queries, _, _ = bundle._jitted["frame_queries"](variables, part.images, valid)
+  return np.asarray(queries), np.ones(video.length, bool)
+
+
 def test_frozen_detector_leaves_detector_bit_identical():
   """``model.vita.freeze_detector``: two optimizer steps (the trainer's optimizer construction)
   change VITA's parameters and leave every detector parameter bit-identical; the detector gets

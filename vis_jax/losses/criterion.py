@@ -287,3 +287,31 @@ def set_criterion(outputs: Outputs, targets: Targets, matches: jax.Array | None,
   metrics["num_masks"] = num_masks
   metrics["loss_total"] = total
   return total, metrics
+
+
+def piloted_criterion(prediction_sets: list[Outputs], targets: Targets, rng: jax.Array,
+                      cfg: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Losses of mask-piloted queries (``decoder.mask_piloting``): ``set_criterion`` with the
+  matching fixed — query ``g`` of every set answers for target slot ``g`` — instead of the
+  Hungarian one. Padding slots' queries are trained towards no-object, as unmatched queries are.
+
+  Args:
+    prediction_sets: dicts ``pred_logits [B, G, K+1]``, ``pred_masks [B, G, T, h, w]``: the
+      initial prediction, then every layer (the last one is the final prediction).
+    targets: as ``set_criterion`` (``G`` slots).
+    rng, cfg: as ``set_criterion``.
+
+  Returns:
+    ``(total, metrics)``; the metrics of ``set_criterion`` renamed ``loss_pilot_*``.
+  """
+  outputs = dict(prediction_sets[-1], aux_outputs=list(prediction_sets[:-1]))
+  n_layers = len(prediction_sets) if bool(_get(cfg, "deep_supervision", True)) else 1
+  valid = targets["instance_valid"]
+  b, g = valid.shape
+  slots = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, g))
+  matches = jnp.stack([slots, jnp.where(valid, slots, -1)], axis=1)         # [B, 2, G]
+  total, metrics = set_criterion(outputs, targets, jnp.broadcast_to(matches, (n_layers, b, 2, g)),
+                                 rng, cfg)
+  metrics = {k.replace("loss_", "loss_pilot_"): v for k, v in metrics.items()
+             if k.startswith("loss_")}
+  return total, metrics

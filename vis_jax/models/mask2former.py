@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from vis_jax.models.layers.attention import MultiHeadAttention
+from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
 from vis_jax.models.layers.position import sine_position_2d, sine_position_3d
 from vis_jax.models.pixel_decoder import c2_xavier_init, layer_norm, resize_bilinear
@@ -140,14 +141,17 @@ class SelfAttentionLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tgt: jax.Array, query_pos: jax.Array) -> jax.Array:
-    """``[B, Q, C] -> [B, Q, C]``; queries and keys carry ``query_pos``, values do not."""
+  def __call__(self, tgt: jax.Array, query_pos: jax.Array,
+               mask: jax.Array | None = None) -> jax.Array:
+    """``[B, Q, C] -> [B, Q, C]``; queries and keys carry ``query_pos``, values do not;
+    optional ``mask [B, Q, Q]`` (True = may attend)."""
     attn = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")
     norm = layer_norm("norm", self.dtype, self.param_dtype)
+    mask = None if mask is None else mask[:, None]
     if self.pre_norm:
       tgt2 = norm(tgt)
-      return tgt + attn(tgt2 + query_pos, tgt2 + query_pos, tgt2)
-    return norm(tgt + attn(tgt + query_pos, tgt + query_pos, tgt))
+      return tgt + attn(tgt2 + query_pos, tgt2 + query_pos, tgt2, mask)
+    return norm(tgt + attn(tgt + query_pos, tgt + query_pos, tgt, mask))
 
 
 class FFNLayer(nn.Module):
@@ -203,6 +207,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     num_feature_levels: levels cycled through (always 3 officially).
     remat_layers: ``nn.remat`` every attention / FFN block (recomputed in the backward pass:
       same parameters and outputs, less activation memory).
+    mask_pooling: after the first prediction, add ``mask_pool_proj`` (zero-initialised
+      linear) of the query's mask-pooled mask features — the features averaged with the
+      weights ``sigmoid`` of its previous mask logits, as K-Net's kernel update — to its mask
+      embedding, so the embedding is read from the 1/4-resolution features it is multiplied
+      with (the memory levels are 1/8–1/32). Not in the official model.
+    query_anchors: the prediction from the learnable queries (before the first layer) gets a
+      Gaussian log-prior ``-|p - a_q|² / (2 σ_q²)`` around a learned anchor ``a_q``
+      (``anchor_centers``, (x, y) uniform in the padded frame) of width ``σ_q``
+      (``anchor_log_sigma``, init 0.1), so each query's first attention mask covers the objects
+      near its anchor only: same-class neighbours are no longer alike to every query. Not in
+      the official model.
+    mask_piloting: training only (MP-Former, Zhang et al. 2023): ``decode(pilot=...)`` adds
+      one query per ground-truth instance (content ``pilot_label_embed`` of its class, position
+      ``pilot_pos_embed``) whose cross-attention sees only that instance's ground truth, at
+      every layer; their predictions are supervised against their own instance (no matching).
+      It teaches the layers to turn an instance's region into the embedding that segments it
+      and nothing else. Inference and the matching queries are unchanged. Not official.
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -217,6 +238,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   enforce_input_proj: bool = False
   num_feature_levels: int = 3
   remat_layers: bool = False
+  mask_pooling: bool = False
+  query_anchors: bool = False
+  mask_piloting: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -246,6 +270,21 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     self.decoder_norm = layer_norm(None, **dt)
     self.class_embed = torch_linear(self.num_classes + 1, c, **dt)
     self.mask_embed = MLP(c, self.mask_dim, 3, **dt)
+    if self.query_anchors:
+      self.anchor_centers = self.param(
+          "anchor_centers",
+          lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, 0.05, 0.95),
+          (self.num_queries, 2), self.param_dtype)
+      self.anchor_log_sigma = self.param(
+          "anchor_log_sigma", nn.initializers.constant(jnp.log(0.1)), (self.num_queries,),
+          self.param_dtype)
+    if self.mask_piloting:
+      self.pilot_label_embed = nn.Embed(self.num_classes, c,
+                                        embedding_init=nn.initializers.normal(1.0), **dt)
+      self.pilot_pos_embed = embed(1)
+    if self.mask_pooling:
+      self.mask_pool_proj = nn.Dense(self.mask_dim, use_bias=False,
+                                     kernel_init=nn.initializers.zeros, **dt)
 
   def project_level(self, x: jax.Array, level: int) -> jax.Array:
     """Memory content of one level: optional 1x1 projection + level embedding.
@@ -266,8 +305,24 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                        f"{self.hidden_dim}; set in_channels to add input projections")
     return x + self.level_embed.embedding[level].astype(self.dtype)
 
+  def anchor_prior(self, mask_features: jax.Array) -> jax.Array:
+    """``query_anchors`` log-prior ``[1, Q, *S]`` (1 for each axis of ``S`` before ``H, W``) on
+    the ``[B, *S, D]`` mask-feature grid, coordinates in [0, 1] of the padded frame."""
+    h, w = mask_features.shape[-3:-1]
+    ys = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h
+    xs = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w
+    centers = self.anchor_centers.astype(jnp.float32)                    # [Q, 2] (x, y)
+    d2 = ((xs[None, None, :] - centers[:, 0, None, None]) ** 2
+          + (ys[None, :, None] - centers[:, 1, None, None]) ** 2)       # [Q, H, W]
+    sigma = jnp.exp(self.anchor_log_sigma.astype(jnp.float32))[:, None, None]
+    prior = -d2 / (2 * sigma ** 2)
+    extra = mask_features.ndim - 4                                       # T of [B, T, H, W, D]
+    return prior.reshape(1, self.num_queries, *([1] * extra), h, w)
+
   def prediction_heads(self, output: jax.Array, mask_features: jax.Array,
-                       target_size: Sequence[int], frame_valid: jax.Array | None = None
+                       target_size: Sequence[int], frame_valid: jax.Array | None = None,
+                       previous_masks: jax.Array | None = None,
+                       mask_prior: jax.Array | None = None
                        ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Shared heads on ``decoder_norm(output)`` (official ``forward_prediction_heads``).
 
@@ -276,6 +331,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       mask_features: ``[B, *S, D]`` (``S = (H, W)`` or ``(T, H, W)``).
       target_size: ``(h, w)`` of the level the next layer attends.
       frame_valid: optional ``[B, T]`` validity of the frames (video with padded frames).
+      previous_masks: ``[B, Q, *S]`` the previous prediction's mask logits (``mask_pooling``;
+        None for the first prediction).
+      mask_prior: optional additive mask logits broadcastable to ``[B, Q, *S]``.
 
     Returns:
       ``(class logits [B, Q, K+1], mask logits [B, Q, *S], attention mask [B, Q, N_next]
@@ -284,13 +342,30 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     normed = self.decoder_norm(output)
     logits = self.class_embed(normed)
     mask_embed = self.mask_embed(normed)
+    if self.mask_pooling and previous_masks is not None:
+      sums = mask_pool_sums(previous_masks, mask_features, frame_valid)
+      mask_embed = mask_embed + self.mask_pool_proj(pooled_mean(*sums).astype(self.dtype))
     masks = jnp.einsum("bqc,b...c->bq...", mask_embed, mask_features.astype(self.dtype))
+    if mask_prior is not None:
+      masks = masks + mask_prior.astype(masks.dtype)
     allowed = attention_mask_from_logits(masks, target_size, frame_valid=frame_valid)
     return logits, masks, allowed, normed
 
+  def pilot_attention(self, pilot_masks: jax.Array, pilot_valid: jax.Array,
+                      size: Sequence[int]) -> jax.Array:
+    """Mask-piloted queries' cross-attention mask at a level: the ground truth's area fraction
+    ≥ 0.5 there (``pilot_masks [B, G, H, W]`` at any resolution), empty rows and padding slots
+    unblocked. Returns ``[B, G, h·w]``."""
+    b, g = pilot_masks.shape[:2]
+    area = jax.image.resize(pilot_masks.astype(jnp.float32), (b, g, *size), "linear",
+                            antialias=True)
+    allowed = (area >= MASK_THRESHOLD) & pilot_valid[:, :, None, None]
+    return unblock_empty_rows(allowed.reshape(b, g, -1))
+
   def decode(self, memories: Sequence[jax.Array], positions: Sequence[jax.Array],
              level_sizes: Sequence[Sequence[int]], mask_features: jax.Array,
-             frame_valid: jax.Array | None = None) -> dict[str, Any]:
+             frame_valid: jax.Array | None = None,
+             pilot: dict[str, jax.Array] | None = None) -> dict[str, Any]:
     """The decoder proper, on flattened memory (shared by image and video variants).
 
     Args:
@@ -299,9 +374,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       level_sizes: per level ``(h_l, w_l)``; ``N_l = prod(extra)·h_l·w_l``.
       mask_features: ``[B, *S, D]``.
       frame_valid: optional ``[B, T]`` (video): keys of invalid frames are never attended.
+      pilot: training with ``mask_piloting`` (image only): ``masks [B, G, H, W]`` bool ground
+        truth, ``labels [B, G]``, ``valid [B, G]``; adds ``G`` mask-piloted queries (below).
 
     Returns:
-      The output dict of ``__call__``.
+      The output dict of ``__call__``; with ``pilot`` also ``pilot_outputs``: the piloted
+      queries' ``{"pred_logits" [B, G, K+1], "pred_masks" [B, G, H, W]}`` of every prediction
+      (initial, then each layer), query ``g`` answering for ground-truth slot ``g``.
     """
     n_levels = self.num_feature_levels
     if not len(memories) == len(positions) == len(level_sizes) == n_levels:
@@ -310,39 +389,75 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     query_pos = jnp.broadcast_to(self.query_embed.embedding[None], (b, q, c)).astype(self.dtype)
     output = jnp.broadcast_to(self.query_feat_embed.embedding[None], (b, q, c)).astype(self.dtype)
     positions = [p.astype(self.dtype) for p in positions]
+    prior = self.anchor_prior(mask_features) if self.query_anchors else None
+    self_mask = None
+    if self.mask_piloting and pilot is None and self.is_initializing():
+      # Training calls pass ``pilot``; init (without one) must still create its parameters.
+      self.pilot_label_embed(jnp.zeros((1,), jnp.int32))
+      self.pilot_pos_embed(jnp.zeros((1,), jnp.int32))
+    if pilot is not None:
+      # MP-Former: one query per ground-truth instance, content = its class embedding, whose
+      # cross-attention is restricted to that instance's ground truth at every layer. The two
+      # groups do not see each other in self-attention: the matching queries are unchanged.
+      g = pilot["labels"].shape[1]
+      output = jnp.concatenate(
+          [output, self.pilot_label_embed(pilot["labels"]).astype(self.dtype)], 1)
+      query_pos = jnp.concatenate([query_pos, jnp.broadcast_to(
+          self.pilot_pos_embed.embedding[None], (b, g, c)).astype(self.dtype)], 1)
+      is_pilot = jnp.arange(q + g) >= q
+      valid_keys = jnp.concatenate([jnp.ones((b, q), bool), pilot["valid"].astype(bool)], 1)
+      # Two groups: matching queries see only each other, piloted ones only each other.
+      self_mask = (is_pilot[None, :, None] == is_pilot[None, None, :]) & valid_keys[:, None, :]
+      self_mask = unblock_empty_rows(self_mask)
+      pilot_allowed = [self.pilot_attention(pilot["masks"], pilot["valid"], size)
+                       for size in level_sizes]
+      if prior is not None:
+        prior = jnp.concatenate(
+            [prior, jnp.zeros((1, g, *prior.shape[2:]), prior.dtype)], 1)
 
-    logits, masks, allowed, _ = self.prediction_heads(output, mask_features, level_sizes[0],
-                                                      frame_valid)
+    def heads(output, level, previous=None, mask_prior=None):
+      logits, masks, allowed, normed = self.prediction_heads(
+          output, mask_features, level_sizes[level], frame_valid, previous, mask_prior)
+      if pilot is not None:
+        allowed = jnp.concatenate([allowed[:, :q], pilot_allowed[level]], 1)
+      return logits, masks, allowed, normed
+
+    logits, masks, allowed, _ = heads(output, 0, mask_prior=prior)
     all_logits, all_masks, query_features = [logits], [masks], []
     for i in range(self.dec_layers):
       level = i % n_levels
       output = self.transformer_cross_attention_layers[i](
           output, memories[level], allowed, positions[level], query_pos)
-      output = self.transformer_self_attention_layers[i](output, query_pos)
+      output = self.transformer_self_attention_layers[i](output, query_pos, self_mask)
       output = self.transformer_ffn_layers[i](output)
-      logits, masks, allowed, normed = self.prediction_heads(
-          output, mask_features, level_sizes[(i + 1) % n_levels], frame_valid)
+      logits, masks, allowed, normed = heads(output, (i + 1) % n_levels, masks)
       all_logits.append(logits)
       all_masks.append(masks)
-      query_features.append(normed)
+      query_features.append(normed[:, :q])
 
-    return {
-        "pred_logits": all_logits[-1],
-        "pred_masks": all_masks[-1],
-        "aux_outputs": [{"pred_logits": lg, "pred_masks": mk}
+    result = {
+        "pred_logits": all_logits[-1][:, :q],
+        "pred_masks": all_masks[-1][:, :q],
+        "aux_outputs": [{"pred_logits": lg[:, :q], "pred_masks": mk[:, :q]}
                         for lg, mk in zip(all_logits[:-1], all_masks[:-1], strict=True)],
         "query_features": jnp.stack(query_features) if query_features else
                           jnp.zeros((0, b, q, c), self.dtype),
     }
+    if pilot is not None:
+      result["pilot_outputs"] = [{"pred_logits": lg[:, q:], "pred_masks": mk[:, q:]}
+                                 for lg, mk in zip(all_logits, all_masks, strict=True)]
+    return result
 
   def __call__(self, multi_scale_features: Sequence[jax.Array],
-               mask_features: jax.Array) -> dict[str, Any]:
+               mask_features: jax.Array, pilot: dict[str, jax.Array] | None = None
+               ) -> dict[str, Any]:
     """Runs the decoder on one batch of images.
 
     Args:
       multi_scale_features: ``num_feature_levels`` maps ``[B, h_l, w_l, C_in]``, coarsest first
         (the pixel decoder's ``multi_scale_features``).
       mask_features: ``[B, H, W, mask_dim]`` (1/4 resolution).
+      pilot: ``mask_piloting`` training inputs (``decode``), or None.
 
     Returns:
       ``pred_logits``: ``[B, Q, K+1]`` class logits of the last layer;
@@ -359,7 +474,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       positions.append(sine_position_2d((b, h, w), self.hidden_dim // 2)
                        .reshape(b, h * w, self.hidden_dim))
       memories.append(self.project_level(x, level).reshape(b, h * w, self.hidden_dim))
-    return self.decode(memories, positions, sizes, mask_features)
+    return self.decode(memories, positions, sizes, mask_features, pilot=pilot)
 
 
 class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder):

@@ -68,7 +68,8 @@ def default_config() -> ConfigDict:
           batch_mode="vmap", map_batch_size=0, query_chunk=0, remat=False)),
       decoder=ConfigDict(dict(
           hidden_dim=256, num_queries=100, num_heads=8, dim_feedforward=2048, dec_layers=9,
-          pre_norm=False, enforce_input_proj=False)),
+          pre_norm=False, enforce_input_proj=False, mask_pooling=False, query_anchors=False,
+          mask_piloting=False)),
       remat_backbone=False,
       remat_decoder_layers=False,
       # A linear per-pixel class head on the mask features, trained by loss.semantic_weight
@@ -203,11 +204,14 @@ class Mask2FormerModel(nn.Module):
     return self.pixel_decoder(self._backbone_features(x, train))
 
   def __call__(self, images: jax.Array, image_valid: jax.Array | None = None,
-               train: bool = False) -> dict[str, Any]:
+               train: bool = False, pilot: dict[str, jax.Array] | None = None
+               ) -> dict[str, Any]:
     """Runs the whole model on frames.
 
     Args:
       images, image_valid, train: as ``pixel_features``.
+      pilot: ``decoder.mask_piloting`` training inputs (``mask2former.py``: ground-truth
+        ``masks [N, G, H, W]``, ``labels``, ``valid [N, G]``); adds ``pilot_outputs``.
 
     Returns:
       ``pred_logits [N, Q, K+1]``, ``pred_masks [N, Q, Hp/4, Wp/4]`` (last layer),
@@ -218,7 +222,10 @@ class Mask2FormerModel(nn.Module):
       [N, Hp/4, Wp/4, K+1]``, with ``embedding_dim`` ``pixel_embedding [N, Hp/4, Wp/4, D]``.
     """
     pix = self.pixel_features(images, image_valid, train)
-    out = self.predictor(pix["multi_scale_features"], pix["mask_features"])
+    if pilot is None:
+      out = self.predictor(pix["multi_scale_features"], pix["mask_features"])
+    else:
+      out = self.predictor(pix["multi_scale_features"], pix["mask_features"], pilot)
     out = dict(out, mask_features=pix["mask_features"],
                pre_mask_features=pix["pre_mask_features"])
     if self.semantic_head:
@@ -268,8 +275,10 @@ class Mask2FormerImage(ModelBundle):
   Only frame 0 of every clip is used (``batch["images"][:, 0]``); the loss is the official
   ``SetCriterion`` (``config.loss``), its Hungarian matcher run per device (``batch_axes``),
   plus ``loss.semantic_weight`` times the dense class loss of ``losses/semantic.py`` (needs
-  ``model.semantic_head``) and ``loss.embedding_weight`` times the pixel embedding loss of
-  ``losses/discriminative.py`` (needs ``model.embedding_dim``).
+  ``model.semantic_head``), ``loss.embedding_weight`` times the pixel embedding loss of
+  ``losses/discriminative.py`` (needs ``model.embedding_dim``) and ``loss.mask_piloting_weight``
+  times the mask-piloted queries' losses (``model.decoder.mask_piloting``,
+  ``criterion.piloted_criterion``).
   """
 
   batch_keys = ("images", "image_valid", "masks", "labels", "present", "instance_valid")
@@ -281,6 +290,8 @@ class Mask2FormerImage(ModelBundle):
     self.loss_cfg = criterion_config(config)
     self.semantic_weight = float(config.loss.get("semantic_weight", 0.0))
     self.embedding_weight = float(config.loss.get("embedding_weight", 0.0))
+    self.mask_piloting = bool(config.model.decoder.get("mask_piloting", False))
+    self.mask_piloting_weight = float(config.loss.get("mask_piloting_weight", 1.0))
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
     params_key, dropout_key = jax.random.split(rng)
@@ -293,11 +304,22 @@ class Mask2FormerImage(ModelBundle):
   def loss(self, params: Any, model_state: Any, batch: Batch, rng: jax.Array
            ) -> tuple[jax.Array, Metrics]:
     dropout_key, criterion_key = jax.random.split(rng)
-    outputs = self.module.apply({"params": params, **model_state}, batch["images"][:, 0],
-                                batch["image_valid"], train=True, rngs={"dropout": dropout_key})
     targets = frame_targets(batch)
+    pilot = None
+    if self.mask_piloting:
+      pilot = {"masks": targets["masks"][:, :, 0], "labels": targets["labels"],
+               "valid": targets["instance_valid"]}
+    outputs = self.module.apply({"params": params, **model_state}, batch["images"][:, 0],
+                                batch["image_valid"], train=True, pilot=pilot,
+                                rngs={"dropout": dropout_key})
     total, metrics = criterion.set_criterion(as_single_frame_clips(outputs), targets, None,
                                              criterion_key, self.loss_cfg)
+    if self.mask_piloting:
+      pilot_total, pilot_metrics = criterion.piloted_criterion(
+          [as_single_frame_clips(o) for o in outputs["pilot_outputs"]], targets,
+          jax.random.fold_in(criterion_key, 1), self.loss_cfg)
+      metrics.update(pilot_metrics)
+      total = total + self.mask_piloting_weight * pilot_total
     if self.semantic_weight:
       logits = outputs["semantic_logits"]
       probs, weight = semantic.semantic_targets(

@@ -58,6 +58,11 @@ Config (``cfg``, ``default_config()``; official values in brackets):
   use_sim / sim_use_clip: create ``sim_embed_frame`` / ``sim_embed_clip`` [True / True].
   freeze_detector: train VITA on a frozen frame detector (paper Table 7; read by
     ``vita_model``: no gradient into and no update of ``detector/*``) [False].
+  mask_pooling: not official [False]: each video query's mask embedding gains
+    ``mask_pool_proj`` (zero-initialised) of the mask features pooled under its first-pass
+    masks over all frames (``layers/mask_pooling.py``), so the embedding reads the 1/4 map it
+    multiplies; ``pred_mask_embed`` is then the pooled embedding when ``pixel_features`` is
+    given, the first-pass one otherwise (inference pools per frame chunk: ``vita_model``).
 
 Official keys → parameters (``vis_jax/convert_vita.py``). ``Linear.weight [out, in]`` →
 ``kernel [in, out]`` (transpose); LayerNorm ``weight`` → ``scale``; MHA ``in_proj_weight [3C, C]``
@@ -95,6 +100,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vis_jax.models.layers.attention import packed_in_proj_init
+from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
 from vis_jax.models.layers.window_attention import (  # noqa: F401  (re-exported)
     KEY_BLOCKED,
@@ -121,7 +127,7 @@ _DEFAULTS = dict(
     enc_window_size=6, num_object_queries=100, shift_in_training=False, last_layer_num=3,
     dropout=0.0, kv_chunk=0, enc_window_chunk=0, mask_dim=256, pre_norm=False,
     enforce_input_proj=True, in_channels=None, deep_supervision=True, use_sim=True,
-    sim_use_clip=True, freeze_detector=False)
+    sim_use_clip=True, freeze_detector=False, mask_pooling=False)
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -308,6 +314,9 @@ class VITAModule(nn.Module):
     self.fq_pos_embed = embed(self.num_frame_queries)
     self.class_embed = torch_linear(self.num_classes + 1, c, **dt)
     self.mask_embed = MLP(c, mask_dim, 3, **dt)
+    self.mask_pool_proj = (nn.Dense(mask_dim, use_bias=False, kernel_init=nn.initializers.zeros,
+                                    **dt)
+                           if config_value(cfg, "mask_pooling") else None)
     use_sim = bool(config_value(self.cfg, "use_sim"))
     self.sim_embed_frame = torch_linear(c, c, **dt) if use_sim else None
     self.sim_embed_clip = (torch_linear(c, c, **dt)
@@ -436,6 +445,13 @@ class VITAModule(nn.Module):
     return jnp.einsum("lbqd,bthwd->lbqthw", mask_embed,
                       mask_features.astype(mask_embed.dtype))
 
+  def pooled_mask_embed(self, mask_embed: jax.Array, numerator: jax.Array,
+                        denominator: jax.Array) -> jax.Array:
+    """``mask_pooling``: ``mask_embed [..., D]`` plus ``mask_pool_proj`` of the mask features
+    pooled under its first-pass masks (``layers/mask_pooling.py`` sums over all frames)."""
+    return mask_embed + self.mask_pool_proj(
+        pooled_mean(numerator, denominator).astype(mask_embed.dtype))
+
   def __call__(self, frame_queries: jax.Array, pixel_features: jax.Array | None = None, *,
                train: bool = False, frame_valid: jax.Array | None = None,
                query_slots: jax.Array | None = None) -> dict[str, Any]:
@@ -488,6 +504,10 @@ class VITAModule(nn.Module):
       if self.sim_embed_clip is not None:
         out["pred_cq_embed"] = per(self.sim_embed_clip(h))
       if mask_features is not None:
+        if self.mask_pool_proj is not None:
+          first = self.mask_logits(out["pred_mask_embed"], mask_features)
+          sums = jax.vmap(lambda m: mask_pool_sums(m, mask_features, frame_valid))(first)
+          out["pred_mask_embed"] = self.pooled_mask_embed(out["pred_mask_embed"], *sums)
         out["pred_masks"] = self.mask_logits(out["pred_mask_embed"], mask_features)
       return out
 

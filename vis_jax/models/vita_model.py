@@ -47,6 +47,7 @@ from vis_jax.inference import postprocess
 from vis_jax.losses import vita_losses
 from vis_jax.models import vita
 from vis_jax.models.base import Batch, Metrics, ModelBundle
+from vis_jax.models.layers.mask_pooling import mask_pool_sums
 from vis_jax.models.mask2former_model import (
   Mask2FormerModel,
   as_single_frame_clips,
@@ -211,13 +212,21 @@ class Vita(ModelBundle):
     def masks_from_features(mask_embed, feats):
       return jnp.einsum("kd,thwd->kthw", mask_embed, feats.astype(mask_embed.dtype))
 
-    def masks(variables, frames, valid, mask_embed):
-      feats = apply(variables, frames, valid, method=VitaModel.mask_features)
-      return masks_from_features(mask_embed, feats)
+    def pool_sums(mask_embed, feats, num_valid):
+      frame_valid = jnp.arange(feats.shape[0]) < num_valid
+      sums = mask_pool_sums(masks_from_features(mask_embed, feats)[None], feats[None],
+                            frame_valid[None])
+      return tuple(x[0] for x in sums)
+
+    def pooled_embed(variables, mask_embed, numerator, denominator):
+      return apply(variables, mask_embed, numerator, denominator,
+                   method=lambda m, *a: m.vita.pooled_mask_embed(*a))
 
     return {"frame_queries": call(VitaModel.frame_queries),
             "video": call(VitaModel.video_predictions, video_apply),
-            "masks": jax.jit(masks), "masks_from_features": jax.jit(masks_from_features)}
+            "mask_features": call(VitaModel.mask_features),
+            "masks_from_features": jax.jit(masks_from_features),
+            "pool_sums": jax.jit(pool_sums), "pooled_embed": jax.jit(pooled_embed)}
 
   def predict_video(self, params: Any, model_state: Any, video: eval_source.EvalVideo
                     ) -> list[dict[str, Any]]:
@@ -256,16 +265,28 @@ class Vita(ModelBundle):
     scores, labels, query_index = postprocess.select_topk(out["pred_logits"][0, 0],
                                                           int(cfg.top_k))
     mask_embed = jnp.asarray(out["pred_mask_embed"][0, 0])[query_index]
+
+    def feature_chunks():
+      """(VITA mask features of a chunk, its real frames): kept, or recomputed per pass."""
+      if keep:
+        for index, feats in enumerate(kept_features):
+          yield feats, min(chunk, t - index * chunk)
+      else:
+        for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True):
+          yield fns["mask_features"](variables, part.images, valid), part.num_valid
+
+    if vita.config_value(self.module.vita_cfg, "mask_pooling"):
+      # First pass: pool the features under the first-pass masks of every frame.
+      numerator = jnp.zeros(mask_embed.shape, jnp.float32)
+      denominator = jnp.zeros(mask_embed.shape[:1], jnp.float32)
+      for feats, num_valid in feature_chunks():
+        num, den = fns["pool_sums"](mask_embed, feats, num_valid)
+        numerator, denominator = numerator + num, denominator + den
+      mask_embed = fns["pooled_embed"](variables, mask_embed, numerator, denominator)
     stream = postprocess.StreamingMasks(len(scores), video.padded_size, video.resized_size,
                                         video.original_size)
-    if keep:
-      for index, feats in enumerate(kept_features):
-        num_valid = min(chunk, t - index * chunk)
-        stream.add_chunk(fns["masks_from_features"](mask_embed, feats), num_valid)
-    else:
-      for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True):
-        stream.add_chunk(fns["masks"](variables, part.images, valid, mask_embed),
-                         part.num_valid)
+    for feats, num_valid in feature_chunks():
+      stream.add_chunk(fns["masks_from_features"](mask_embed, feats), num_valid)
     final = np.asarray(scores, np.float64) * stream.mask_scores()
     return [{"score": float(s), "label": int(label), "segmentations": rles}
             for s, label, rles in zip(final, labels, stream.rles, strict=True)]

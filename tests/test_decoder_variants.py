@@ -1,0 +1,197 @@
+"""Non-official decoder switches, each against a numpy re-derivation on a tiny decoder.
+
+``decoder.mask_pooling``: mask embeddings read the query's mask-pooled mask features (every
+layer's mask logits re-derived; the zero-initialised projection is the official decoder).
+``decoder.query_anchors``: the initial prediction's Gaussian anchor log-prior.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vis_jax.models import mask2former
+from vis_jax.models.layers import mask_pooling
+
+B, Q, D, C = 2, 5, 8, 16
+LEVELS = ((2, 3), (4, 6), (8, 12))
+
+
+def _decoder(pooling: bool, anchors: bool = False
+             ) -> mask2former.MultiScaleMaskedTransformerDecoder:
+  return mask2former.MultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=D, mask_pooling=pooling, query_anchors=anchors)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  rng = np.random.default_rng(0)
+  feats = [jnp.asarray(rng.normal(size=(B, h, w, C)), jnp.float32) for h, w in LEVELS]
+  mask_features = jnp.asarray(rng.normal(size=(B, 16, 24, D)), jnp.float32)
+  return feats, mask_features
+
+
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+def test_zero_initialised_projection_is_the_official_decoder(inputs):
+  feats, mask_features = inputs
+  pooled = _decoder(True)
+  params = pooled.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  assert not np.any(np.asarray(params["mask_pool_proj"]["kernel"]))
+  official = {k: v for k, v in params.items() if k != "mask_pool_proj"}
+  a = pooled.apply({"params": params}, feats, mask_features)
+  b = _decoder(False).apply({"params": official}, feats, mask_features)
+  np.testing.assert_array_equal(np.asarray(a["pred_masks"]), np.asarray(b["pred_masks"]))
+
+
+def test_every_layer_matches_numpy(inputs):
+  feats, mask_features = inputs
+  module = _decoder(True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  kernel = np.random.default_rng(2).normal(size=(D, D)).astype(np.float32) * 0.3
+  params = dict(params, mask_pool_proj={"kernel": jnp.asarray(kernel)})
+  out = module.apply({"params": params}, feats, mask_features)
+  sets = [*out["aux_outputs"], out]
+  f = np.asarray(mask_features, np.float64)
+  for layer in range(1, len(sets)):
+    normed = out["query_features"][layer - 1]
+    embed = np.asarray(module.apply({"params": params}, normed,
+                                    method=lambda m, x: m.mask_embed(x)), np.float64)
+    weights = _sigmoid(np.asarray(sets[layer - 1]["pred_masks"], np.float64))   # [B, Q, H, W]
+    pooled = (np.einsum("bqhw,bhwd->bqd", weights, f)
+              / (weights.sum((2, 3))[..., None] + 1.0))
+    expected = np.einsum("bqd,bhwd->bqhw", embed + pooled @ kernel, f)
+    np.testing.assert_allclose(np.asarray(sets[layer]["pred_masks"]), expected,
+                               rtol=1e-4, atol=1e-4)
+  # The pooled term is what changed the masks (the check above is not vacuous).
+  plain = module.apply({"params": dict(params, mask_pool_proj={"kernel": jnp.zeros((D, D))})},
+                       feats, mask_features)
+  assert np.abs(np.asarray(plain["pred_masks"]) - np.asarray(out["pred_masks"])).max() > 1e-2
+
+
+def test_video_pooling_ignores_padded_frames():
+  rng = np.random.default_rng(3)
+  t = 3
+  masks = rng.normal(size=(B, Q, t, 4, 6)).astype(np.float32)
+  feats = rng.normal(size=(B, t, 4, 6, D)).astype(np.float32)
+  valid = np.array([[True, True, False], [True, False, False]])
+  got = mask_pooling.pooled_mean(*mask_pooling.mask_pool_sums(
+      jnp.asarray(masks), jnp.asarray(feats), jnp.asarray(valid)))
+  for b in range(B):
+    n = int(valid[b].sum())
+    w = _sigmoid(masks[b, :, :n].astype(np.float64))
+    expected = (np.einsum("qthw,thwd->qd", w, feats[b, :n].astype(np.float64))
+                / (w.sum((1, 2, 3))[:, None] + 1.0))
+    np.testing.assert_allclose(np.asarray(got[b]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_query_anchor_prior_matches_numpy(inputs):
+  feats, mask_features = inputs
+  module = _decoder(False, anchors=True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  centers = np.asarray(params["anchor_centers"], np.float64)               # [Q, 2] (x, y)
+  assert centers.min() >= 0.05 and centers.max() <= 0.95
+  np.testing.assert_allclose(np.exp(np.asarray(params["anchor_log_sigma"])), 0.1, rtol=1e-6)
+  sigma = np.linspace(0.05, 0.3, Q)
+  params = dict(params, anchor_log_sigma=jnp.asarray(np.log(sigma), jnp.float32))
+  out = module.apply({"params": params}, feats, mask_features)
+  official = {k: v for k, v in params.items() if not k.startswith("anchor_")}
+  plain = _decoder(False).apply({"params": official}, feats, mask_features)
+  h, w = mask_features.shape[1:3]
+  y, x = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+  d2 = ((x[None, None, :] - centers[:, 0, None, None]) ** 2
+        + (y[None, :, None] - centers[:, 1, None, None]) ** 2)
+  prior = -d2 / (2 * sigma[:, None, None] ** 2)
+  # The initial prediction is the official one plus the prior; later layers attend differently.
+  np.testing.assert_allclose(np.asarray(out["aux_outputs"][0]["pred_masks"]),
+                             np.asarray(plain["aux_outputs"][0]["pred_masks"]) + prior[None],
+                             rtol=1e-4, atol=1e-3)
+  assert np.abs(np.asarray(out["pred_masks"]) - np.asarray(plain["pred_masks"])).max() > 1e-3
+  video = module.apply({"params": params}, mask_features[:, None],
+                       method=lambda m, f: m.anchor_prior(f))
+  np.testing.assert_allclose(np.asarray(video)[0, :, 0], prior, rtol=1e-5, atol=1e-4)
+
+
+def _pilot_case():
+  rng = np.random.default_rng(4)
+  masks = np.zeros((B, 3, 32, 48), bool)
+  # Both valid instances in the top half, large enough to be non-empty at the coarsest level
+  # (an empty row would attend everywhere, the official fallback).
+  masks[:, 0, 0:16, 0:20] = True
+  masks[:, 1, 0:16, 28:48] = True
+  return {"masks": jnp.asarray(masks), "labels": jnp.asarray(rng.integers(0, 3, (B, 3))),
+          "valid": jnp.asarray(np.array([[True, True, False]] * B))}
+
+
+def test_mask_piloting_leaves_matching_queries_unchanged(inputs):
+  feats, mask_features = inputs
+  module = mask2former.MultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=D, mask_piloting=True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  assert params["pilot_label_embed"]["embedding"].shape == (3, C)
+  plain = module.apply({"params": params}, feats, mask_features)
+  piloted = module.apply({"params": params}, feats, mask_features, _pilot_case())
+  for key in ("pred_logits", "pred_masks", "query_features"):
+    np.testing.assert_allclose(np.asarray(piloted[key]), np.asarray(plain[key]), atol=1e-5)
+  assert len(piloted["pilot_outputs"]) == 4 and "pilot_outputs" not in plain
+  assert piloted["pilot_outputs"][-1]["pred_masks"].shape == (B, 3, 16, 24)
+
+
+def test_piloted_queries_read_only_their_ground_truth(inputs):
+  """Memory outside every valid instance's ground truth (bottom half of each level) does not
+  reach the piloted queries; memory inside it does."""
+  feats, mask_features = inputs
+  module = mask2former.MultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=D, mask_piloting=True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  pilot = _pilot_case()
+  run = lambda f: np.stack([np.asarray(o["pred_masks"])[:, :2] for o in module.apply(
+      {"params": params}, f, mask_features, pilot)["pilot_outputs"]])
+  base = run(feats)
+  outside = [f.at[:, f.shape[1] // 2:].add(5.0) for f in feats]
+  np.testing.assert_allclose(run(outside), base, atol=1e-5)
+  inside = [f.at[:, :1].add(5.0) for f in feats]
+  assert np.abs(run(inside) - base).max() > 1e-3
+
+
+def test_piloted_criterion_is_the_criterion_with_identity_matching():
+  """On predictions that are their slot's ground truth, the Hungarian matcher finds the
+  identity: the fixed-matching loss equals ``set_criterion``'s, term by term."""
+  from ml_collections import ConfigDict
+
+  from vis_jax.losses import criterion
+  rng = np.random.default_rng(5)
+  g, k = 4, 3
+  masks = np.zeros((B, g, 1, 24, 24), bool)
+  for i in range(g):
+    masks[:, i, 0, 5 * i:5 * i + 5, 2:20] = True
+  valid = np.array([[True, True, True, False], [True, True, False, False]])
+  labels = rng.integers(0, k, (B, g))
+  targets = {"masks": jnp.asarray(masks), "labels": jnp.asarray(labels),
+             "instance_valid": jnp.asarray(valid)}
+  sets = []
+  for _ in range(3):
+    logits = rng.normal(size=(B, g, k + 1)).astype(np.float32)
+    logits[np.arange(B)[:, None], np.arange(g)[None], labels] += 8.0
+    logits[~valid, -1] += 16.0
+    pred = np.where(masks, 6.0, -6.0) + rng.normal(size=masks.shape) * 0.5
+    sets.append({"pred_logits": jnp.asarray(logits), "pred_masks": jnp.asarray(pred,
+                                                                                jnp.float32)})
+  cfg = ConfigDict(dict(num_classes=k, eos_coef=0.1, class_weight=2.0, mask_weight=5.0,
+                        dice_weight=5.0, num_points=64, oversample_ratio=3.0,
+                        importance_sample_ratio=0.75, matcher="scipy"))
+  key = jax.random.key(0)
+  total, metrics = criterion.piloted_criterion(sets, targets, key, cfg)
+  ref_total, ref = criterion.set_criterion(dict(sets[-1], aux_outputs=sets[:-1]), targets, None,
+                                           key, cfg)
+  np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-6)
+  for name in ("loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_dice_1"):
+    np.testing.assert_allclose(float(metrics[name.replace("loss_", "loss_pilot_")]),
+                               float(ref[name]), rtol=1e-6)
