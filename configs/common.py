@@ -315,6 +315,11 @@ def validate(config: ConfigDict) -> ConfigDict:
     if config.loss[weight_key] and (config.model_name != "mask2former" or not head):
       _fail(f"loss.{weight_key}", f"needs model_name='mask2former' and model.{head_key} set "
             f"(got {config.model_name!r}, {head_key}={head})")
+  decoder = config.model.get("decoder")
+  if decoder is not None and decoder.get("mask_piloting") and config.model_name != "mask2former":
+    _fail("model.decoder.mask_piloting", "trains the image model only (model_name="
+          f"'mask2former', got {config.model_name!r}); init_from ignores an export's pilot "
+          "parameters, so leave it False here")
   if config.dtype not in ("float32", "bfloat16", "float16"):
     _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config

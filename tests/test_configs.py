@@ -79,6 +79,7 @@ def test_wrong_type_override_is_an_error():
     ("--config.data.sources.synthetic.ratio=0", "data.sources"),
     ("--config.data.sources.synthetic.kind=mp4", "data.sources.synthetic.kind"),
     ("--config.input.flip_prob=1.5", "input.flip_prob"),
+    ("--config.model.decoder.mask_piloting=True", "model.decoder.mask_piloting"),
 ])
 def test_validation_names_the_bad_key(override, key):
   config = _parse([f"--config={REPO}/configs/vita_synthetic.py", override])
