@@ -34,7 +34,7 @@ def test_data_mode_generates_data_and_reports(tmp_path):
   assert report["load_reports"]["synthetic"]["videos"] == 8
   sheet = np.asarray(Image.open(tmp_path / "w" / "data_batch.png"))
   assert sheet.ndim == 3 and sheet.shape[2] == 3 and sheet.std() > 0
-  assert os.path.exists(tmp_path / "cache" / "synthetic" / "train.json")
+  assert os.path.exists(tmp_path / "cache" / "synthetic_smoke" / "train.json")
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
@@ -57,7 +57,7 @@ def test_truncated_frame_names_the_file(tmp_path):
   config = f"--config={REPO}/configs/vita_synthetic.py:smoke"
   assert _main(config, f"--workdir={tmp_path}/w", "--mode=data", "--num_batches=1",
                cache=str(cache)).returncode == 0
-  frames = sorted((cache / "synthetic" / "train" / "JPEGImages").rglob("*.jpg"))
+  frames = sorted((cache / "synthetic_smoke" / "train" / "JPEGImages").rglob("*.jpg"))
   for frame in frames:  # truncate every frame: whichever clip comes first hits one
     data = frame.read_bytes()
     frame.write_bytes(data[: len(data) // 3])
