@@ -316,10 +316,11 @@ def validate(config: ConfigDict) -> ConfigDict:
       _fail(f"loss.{weight_key}", f"needs model_name='mask2former' and model.{head_key} set "
             f"(got {config.model_name!r}, {head_key}={head})")
   decoder = config.model.get("decoder")
-  if decoder is not None and decoder.get("mask_piloting") and config.model_name != "mask2former":
-    _fail("model.decoder.mask_piloting", "trains the image model only (model_name="
-          f"'mask2former', got {config.model_name!r}); init_from ignores an export's pilot "
-          "parameters, so leave it False here")
+  if decoder is not None and decoder.get("mask_piloting") and config.model_name not in (
+      "mask2former", "mask2former_vis"):
+    _fail("model.decoder.mask_piloting", "trains the decoder of model_name='mask2former' or "
+          f"'mask2former_vis' (got {config.model_name!r}, whose training would not pilot); "
+          "init_from ignores an export's pilot parameters, so leave it False here")
   if config.dtype not in ("float32", "bfloat16", "float16"):
     _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config

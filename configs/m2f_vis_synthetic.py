@@ -1,7 +1,7 @@
 """Mask2Former-VIS on the synthetic YouTube-VIS-format dataset (CPU-sized).
 
 The frame detector of ``configs/synthetic_detector.py`` (ResNet-50 layout at toy widths with
-trainable GroupNorm, 1-layer 64-wide pixel decoder, 3 decoder layers, 16 queries) as a
+trainable GroupNorm, 1-layer 64-wide pixel decoder, 3 decoder layers, 64 queries) as a
 Mask2Former-VIS: the same parameter tree, so it starts from the stage-1 detector as the official
 recipe starts from COCO Mask2Former (``--config.init_from=DIR``, see README), trained on clips of
 T = 2 frames (the official clip length) and evaluated with whole-video inference (every
@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   datasets.apply(c, "synthetic")
   c.model_name = "mask2former_vis"
   c.model = small_detector.small_detector_config(1, 3)
+  c.model.decoder.num_queries = small_detector.RECIPE_QUERIES  # the stage-1 detector's
   c.model.inference = mask2former_vis_model.default_inference_config()
   c.model.inference.mask_score = True
   c.model.inference.max_frames_whole = 60

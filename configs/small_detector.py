@@ -1,10 +1,15 @@
 """The CPU-sized Mask2Former frame detector shared by the synthetic configs.
 
 ResNet-50 layout at toy widths with trainable GroupNorm (no pretrained weights exist for it),
-a 64-wide pixel decoder and a 64-wide masked-attention decoder with 16 queries.
+a 64-wide pixel decoder and a 64-wide masked-attention decoder with 16 queries (the synthetic
+recipes use ``RECIPE_QUERIES``).
 """
 
 from configs import common
+
+# Frame queries of the synthetic recipes' detector stage (``synthetic_detector.py``) and of the
+# video models started from it (their parameter trees must match).
+RECIPE_QUERIES = 64
 
 
 def small_detector_config(pixel_encoder_layers: int, decoder_layers: int) -> common.ConfigDict:

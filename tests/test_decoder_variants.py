@@ -3,6 +3,7 @@
 ``decoder.mask_pooling``: mask embeddings read the query's mask-pooled mask features (every
 layer's mask logits re-derived; the zero-initialised projection is the official decoder).
 ``decoder.query_anchors``: the initial prediction's Gaussian anchor log-prior.
+``decoder.fine_memory``: the official decoder on the 1/16, 1/8 and 1/4 maps.
 """
 
 from __future__ import annotations
@@ -195,3 +196,84 @@ def test_piloted_criterion_is_the_criterion_with_identity_matching():
   for name in ("loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_dice_1"):
     np.testing.assert_allclose(float(metrics[name.replace("loss_", "loss_pilot_")]),
                                float(ref[name]), rtol=1e-6)
+
+
+def test_fine_memory_is_the_official_decoder_on_finer_maps(inputs):
+  feats, mask_features = inputs
+  fine = mask2former.MultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=C, fine_memory=True)
+  official = fine.clone(fine_memory=False)
+  mask_c = jnp.concatenate([mask_features, mask_features], -1)        # mask_dim = C: no proj
+  params = fine.init(jax.random.PRNGKey(1), feats, mask_c)["params"]
+  # Same parameter tree: a detector trained either way loads into the other.
+  ref_params = official.init(jax.random.PRNGKey(1), feats, mask_c)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+  out = fine.apply({"params": params}, feats, mask_c)
+  expected = official.apply({"params": params}, [feats[1], feats[2], mask_c], mask_c)
+  np.testing.assert_allclose(np.asarray(out["pred_masks"]), np.asarray(expected["pred_masks"]),
+                             rtol=1e-5, atol=1e-5)
+  # The coarsest map is not read at all; the official decoder does read it.
+  changed = [feats[0] + 5.0, *feats[1:]]
+  np.testing.assert_array_equal(
+      np.asarray(fine.apply({"params": params}, changed, mask_c)["pred_masks"]),
+      np.asarray(out["pred_masks"]))
+  official_out = official.apply({"params": params}, feats, mask_c)["pred_masks"]
+  official_changed = official.apply({"params": params}, changed, mask_c)["pred_masks"]
+  assert np.abs(np.asarray(official_out) - np.asarray(official_changed)).max() > 1e-3
+  # The 3-D decoder: the same switch on every frame's maps.
+  video = mask2former.VideoMultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=C, fine_memory=True)
+  clip = [jnp.stack([f, f[::-1]], 1) for f in feats]
+  mask_clip = jnp.stack([mask_c, mask_c[::-1]], 1)
+  video_out = video.apply({"params": params}, clip, mask_clip)
+  video_ref = video.clone(fine_memory=False).apply(
+      {"params": params}, [clip[1], clip[2], mask_clip], mask_clip)
+  assert video_out["pred_masks"].shape == (B, Q, 2, 16, 24)
+  np.testing.assert_allclose(np.asarray(video_out["pred_masks"]),
+                             np.asarray(video_ref["pred_masks"]), rtol=1e-5, atol=1e-5)
+
+
+def test_video_piloted_queries_read_only_their_track():
+  """3-D decoder: a piloted query reads its track's ground truth in every frame (frame 0 top
+  half, frame 1 bottom half) and nothing else, never a padded frame; matching queries are
+  unchanged by the piloted ones."""
+  rng = np.random.default_rng(5)
+  t = 3
+  feats = [jnp.asarray(rng.normal(size=(B, t, h, w, C)), jnp.float32) for h, w in LEVELS]
+  mask_features = jnp.asarray(rng.normal(size=(B, t, 16, 24, D)), jnp.float32)
+  frame_valid = jnp.asarray([[True, True, False]] * B)
+  module = mask2former.VideoMultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=D, mask_piloting=True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features, frame_valid)["params"]
+  masks = np.zeros((B, 2, t, 32, 48), bool)
+  masks[:, 0, 0, 0:16, 0:20] = True
+  masks[:, 0, 1, 16:32, 0:20] = True
+  masks[:, 1, 0, 0:16, 28:48] = True
+  masks[:, 1, 1, 16:32, 28:48] = True
+  pilot = {"masks": jnp.asarray(masks), "labels": jnp.asarray([[0, 2]] * B),
+           "valid": jnp.ones((B, 2), bool)}
+  plain = module.apply({"params": params}, feats, mask_features, frame_valid)
+  piloted = module.apply({"params": params}, feats, mask_features, frame_valid, pilot)
+  np.testing.assert_allclose(np.asarray(piloted["pred_masks"]), np.asarray(plain["pred_masks"]),
+                             atol=1e-5)
+  assert piloted["pilot_outputs"][-1]["pred_masks"].shape == (B, 2, t, 16, 24)
+  run = lambda f: np.stack([np.asarray(o["pred_masks"]) for o in module.apply(
+      {"params": params}, f, mask_features, frame_valid, pilot)["pilot_outputs"]])
+  base = run(feats)
+
+  def shifted(rows_by_frame):
+    out = []
+    for f in feats:
+      h = f.shape[2]
+      for frame, (lo, hi) in rows_by_frame.items():
+        f = f.at[:, frame, int(lo * h):int(hi * h)].add(5.0)
+      out.append(f)
+    return out
+
+  # Outside the tracks: frame 0 bottom half, frame 1 top half, all of the padded frame 2.
+  np.testing.assert_allclose(run(shifted({0: (0.5, 1.0), 1: (0.0, 0.5), 2: (0.0, 1.0)})), base,
+                             atol=1e-5)
+  assert np.abs(run(shifted({1: (0.5, 1.0)})) - base).max() > 1e-3

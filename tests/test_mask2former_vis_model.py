@@ -204,6 +204,43 @@ def test_chunked_overlapping_clips(vis_setup):
     assert all(s["size"] == list(video.original_size) for s in r["segmentations"])
 
 
+def test_piloted_training_adds_the_weighted_track_losses(vis_setup):
+  """``decoder.mask_piloting`` in the video bundle: same params and rng, the matching queries'
+  losses are unchanged and the total grows by the weight times the piloted queries' losses
+  (one query per track, every layer)."""
+  config, _, _, _, video = vis_setup
+  config = config.copy_and_resolve_references()
+  config.model.decoder.mask_piloting = True
+  config.loss.mask_piloting_weight = 2.0
+  common.validate(config)
+  piloted = registry.get_bundle(config)
+  config.model.decoder.mask_piloting = False
+  plain = registry.get_bundle(config)
+  rng = np.random.default_rng(3)
+  t, size = config.input.num_frames, 64
+  masks = np.zeros((1, 2, t, size, size), bool)
+  masks[0, 0, :, 8:30, 10:40] = True
+  masks[0, 1, 0, 40:60, 20:50] = True
+  batch = dict(images=jnp.asarray(rng.integers(0, 255, (1, t, size, size, 3)), jnp.uint8),
+               image_valid=jnp.ones((1, size, size), bool), masks=jnp.asarray(masks),
+               labels=jnp.asarray([[0, 2]]), present=jnp.asarray(masks.any((3, 4))),
+               instance_valid=jnp.ones((1, 2), bool))
+  key = jax.random.key(0)
+  params, state = piloted.init(key, batch)
+  assert "pilot_label_embed" in params["predictor"]
+  total, metrics = piloted.loss(params, state, batch, key)
+  plain_total, plain_metrics = plain.loss(params, state, batch, key)
+  for name in ("loss_ce", "loss_mask", "loss_dice", "loss_dice_0"):
+    np.testing.assert_allclose(float(metrics[name]), float(plain_metrics[name]), rtol=1e-5)
+  weights = {"ce": config.loss.class_weight, "mask": config.loss.mask_weight,
+             "dice": config.loss.dice_weight}
+  pilot_sum = sum(w * float(v) for k, v in metrics.items() for part, w in weights.items()
+                  if k == f"loss_pilot_{part}" or k.startswith(f"loss_pilot_{part}_"))
+  assert pilot_sum > 0
+  np.testing.assert_allclose(float(total), float(plain_total) + 2.0 * pilot_sum, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["loss_total"]), float(total), rtol=1e-6)
+
+
 # ---- CLIs ---------------------------------------------------------------------------------------
 
 

@@ -315,3 +315,14 @@ def piloted_criterion(prediction_sets: list[Outputs], targets: Targets, rng: jax
   metrics = {k.replace("loss_", "loss_pilot_"): v for k, v in metrics.items()
              if k.startswith("loss_")}
   return total, metrics
+
+
+def add_piloted_losses(total: jax.Array, metrics: dict[str, jax.Array],
+                       prediction_sets: list[Outputs], targets: Targets, rng: jax.Array,
+                       cfg: Any, weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """``total + weight · piloted_criterion(...)`` and the metrics with its ``loss_pilot_*``
+  added (``loss_total`` updated); ``rng`` is the main criterion's key (folded here)."""
+  pilot_total, pilot_metrics = piloted_criterion(prediction_sets, targets,
+                                                 jax.random.fold_in(rng, 1), cfg)
+  total = total + weight * pilot_total
+  return total, dict(metrics, **pilot_metrics, loss_total=total)

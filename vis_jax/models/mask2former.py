@@ -224,6 +224,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       every layer; their predictions are supervised against their own instance (no matching).
       It teaches the layers to turn an instance's region into the embedding that segments it
       and nothing else. Inference and the matching queries are unchanged. Not official.
+    fine_memory: the decoder's memory levels are the 1/16 and 1/8 maps and the 1/4 mask
+      features (official: 1/32, 1/16, 1/8), same parameters: on small inputs with small
+      objects the 1/32 map holds an object in less than one token, and a query cannot tell
+      same-class neighbours apart in it. Not official.
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -241,6 +245,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   mask_pooling: bool = False
   query_anchors: bool = False
   mask_piloting: bool = False
+  fine_memory: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -305,6 +310,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                        f"{self.hidden_dim}; set in_channels to add input projections")
     return x + self.level_embed.embedding[level].astype(self.dtype)
 
+  def memory_levels(self, multi_scale_features: Sequence[jax.Array],
+                    mask_features: jax.Array) -> list[jax.Array]:
+    """The maps the decoder attends, coarsest first (``fine_memory``: the 1/4 mask features
+    replace the coarsest map)."""
+    levels = list(multi_scale_features)
+    if self.fine_memory:
+      levels = levels[1:] + [mask_features]
+    return levels
+
   def anchor_prior(self, mask_features: jax.Array) -> jax.Array:
     """``query_anchors`` log-prior ``[1, Q, *S]`` (1 for each axis of ``S`` before ``H, W``) on
     the ``[B, *S, D]`` mask-feature grid, coordinates in [0, 1] of the padded frame."""
@@ -352,15 +366,21 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     return logits, masks, allowed, normed
 
   def pilot_attention(self, pilot_masks: jax.Array, pilot_valid: jax.Array,
-                      size: Sequence[int]) -> jax.Array:
+                      size: Sequence[int], frame_valid: jax.Array | None = None) -> jax.Array:
     """Mask-piloted queries' cross-attention mask at a level: the ground truth's area fraction
-    ≥ 0.5 there (``pilot_masks [B, G, H, W]`` at any resolution), empty rows and padding slots
-    unblocked. Returns ``[B, G, h·w]``."""
+    ≥ 0.5 there (``pilot_masks [B, G, *extra, H, W]`` at any resolution, ``extra = (T,)`` for
+    clips), empty rows and padding slots unblocked (on the valid frames of ``frame_valid
+    [B, T]`` only). Returns ``[B, G, prod(extra)·h·w]``."""
     b, g = pilot_masks.shape[:2]
-    area = jax.image.resize(pilot_masks.astype(jnp.float32), (b, g, *size), "linear",
-                            antialias=True)
-    allowed = (area >= MASK_THRESHOLD) & pilot_valid[:, :, None, None]
-    return unblock_empty_rows(allowed.reshape(b, g, -1))
+    area = jax.image.resize(pilot_masks.astype(jnp.float32),
+                            (*pilot_masks.shape[:-2], *size), "linear", antialias=True)
+    extra = area.ndim - 4
+    allowed = (area >= MASK_THRESHOLD) & pilot_valid.reshape(b, g, *([1] * (extra + 2)))
+    if frame_valid is None:
+      return unblock_empty_rows(allowed.reshape(b, g, -1))
+    key_valid = jnp.broadcast_to(frame_valid.astype(bool)[:, None, ..., None, None],
+                                 allowed.shape).reshape(b, g, -1)
+    return unblock_empty_rows(allowed.reshape(b, g, -1) & key_valid, key_valid)
 
   def decode(self, memories: Sequence[jax.Array], positions: Sequence[jax.Array],
              level_sizes: Sequence[Sequence[int]], mask_features: jax.Array,
@@ -374,12 +394,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       level_sizes: per level ``(h_l, w_l)``; ``N_l = prod(extra)·h_l·w_l``.
       mask_features: ``[B, *S, D]``.
       frame_valid: optional ``[B, T]`` (video): keys of invalid frames are never attended.
-      pilot: training with ``mask_piloting`` (image only): ``masks [B, G, H, W]`` bool ground
-        truth, ``labels [B, G]``, ``valid [B, G]``; adds ``G`` mask-piloted queries (below).
+      pilot: training with ``mask_piloting``: ``masks [B, G, *S]`` bool ground truth (the
+        shape of the predicted masks: ``[B, G, T, H, W]`` for clips, any resolution),
+        ``labels [B, G]``, ``valid [B, G]``; adds ``G`` mask-piloted queries (below).
 
     Returns:
       The output dict of ``__call__``; with ``pilot`` also ``pilot_outputs``: the piloted
-      queries' ``{"pred_logits" [B, G, K+1], "pred_masks" [B, G, H, W]}`` of every prediction
+      queries' ``{"pred_logits" [B, G, K+1], "pred_masks" [B, G, *S]}`` of every prediction
       (initial, then each layer), query ``g`` answering for ground-truth slot ``g``.
     """
     n_levels = self.num_feature_levels
@@ -409,7 +430,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       # Two groups: matching queries see only each other, piloted ones only each other.
       self_mask = (is_pilot[None, :, None] == is_pilot[None, None, :]) & valid_keys[:, None, :]
       self_mask = unblock_empty_rows(self_mask)
-      pilot_allowed = [self.pilot_attention(pilot["masks"], pilot["valid"], size)
+      pilot_allowed = [self.pilot_attention(pilot["masks"], pilot["valid"], size, frame_valid)
                        for size in level_sizes]
       if prior is not None:
         prior = jnp.concatenate(
@@ -468,7 +489,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         (not the initial queries) — what the heads see, and what VITA consumes (spec §3.2).
     """
     memories, positions, sizes = [], [], []
-    for level, x in enumerate(multi_scale_features):
+    for level, x in enumerate(self.memory_levels(multi_scale_features, mask_features)):
       b, h, w, _ = x.shape
       sizes.append((h, w))
       positions.append(sine_position_2d((b, h, w), self.hidden_dim // 2)
@@ -485,7 +506,8 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
   """
 
   def __call__(self, multi_scale_features: Sequence[jax.Array], mask_features: jax.Array,
-               frame_valid: jax.Array | None = None) -> dict[str, Any]:
+               frame_valid: jax.Array | None = None, pilot: dict[str, jax.Array] | None = None
+               ) -> dict[str, Any]:
     """Runs the decoder on a batch of clips.
 
     Args:
@@ -494,13 +516,16 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
       mask_features: ``[B, T, H, W, mask_dim]`` (1/4 resolution).
       frame_valid: optional ``[B, T]`` bool, False for padded frames (never attended, not
         counted by the temporal encoding); None = every frame is real.
+      pilot: ``mask_piloting`` training inputs (``decode``; ground-truth tracks
+        ``masks [B, G, T, H, W]``): one piloted query per track, its attention restricted to
+        the track's masks in every frame.
 
     Returns:
       As the image decoder, with ``pred_masks`` ``[B, Q, T, H, W]`` (likewise in
       ``aux_outputs``); the memory of level ``l`` is ``[B, T·h_l·w_l, C]`` in (t, h, w) order.
     """
     memories, positions, sizes = [], [], []
-    for level, x in enumerate(multi_scale_features):
+    for level, x in enumerate(self.memory_levels(multi_scale_features, mask_features)):
       b, t, h, w, _ = x.shape
       sizes.append((h, w))
       if frame_valid is None:
@@ -510,4 +535,4 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
       positions.append(sine_position_3d(padding, self.hidden_dim // 2)
                        .reshape(b, t * h * w, self.hidden_dim))
       memories.append(self.project_level(x, level).reshape(b, t * h * w, self.hidden_dim))
-    return self.decode(memories, positions, sizes, mask_features, frame_valid)
+    return self.decode(memories, positions, sizes, mask_features, frame_valid, pilot)

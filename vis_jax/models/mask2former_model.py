@@ -69,7 +69,7 @@ def default_config() -> ConfigDict:
       decoder=ConfigDict(dict(
           hidden_dim=256, num_queries=100, num_heads=8, dim_feedforward=2048, dec_layers=9,
           pre_norm=False, enforce_input_proj=False, mask_pooling=False, query_anchors=False,
-          mask_piloting=False)),
+          mask_piloting=False, fine_memory=False)),
       remat_backbone=False,
       remat_decoder_layers=False,
       # A linear per-pixel class head on the mask features, trained by loss.semantic_weight
@@ -315,11 +315,9 @@ class Mask2FormerImage(ModelBundle):
     total, metrics = criterion.set_criterion(as_single_frame_clips(outputs), targets, None,
                                              criterion_key, self.loss_cfg)
     if self.mask_piloting:
-      pilot_total, pilot_metrics = criterion.piloted_criterion(
-          [as_single_frame_clips(o) for o in outputs["pilot_outputs"]], targets,
-          jax.random.fold_in(criterion_key, 1), self.loss_cfg)
-      metrics.update(pilot_metrics)
-      total = total + self.mask_piloting_weight * pilot_total
+      total, metrics = criterion.add_piloted_losses(
+          total, metrics, [as_single_frame_clips(o) for o in outputs["pilot_outputs"]],
+          targets, criterion_key, self.loss_cfg, self.mask_piloting_weight)
     if self.semantic_weight:
       logits = outputs["semantic_logits"]
       probs, weight = semantic.semantic_targets(

@@ -88,7 +88,8 @@ class Mask2FormerVISModel(Mask2FormerModel):
   decoder_class = VideoMultiScaleMaskedTransformerDecoder
 
   def __call__(self, images: jax.Array, image_valid: jax.Array | None = None,
-               frame_valid: jax.Array | None = None, train: bool = False) -> dict[str, Any]:
+               frame_valid: jax.Array | None = None, train: bool = False,
+               pilot: dict[str, jax.Array] | None = None) -> dict[str, Any]:
     """Runs the whole model on clips.
 
     Args:
@@ -96,6 +97,8 @@ class Mask2FormerVISModel(Mask2FormerModel):
       image_valid: optional bool ``[B, H, W]`` (shared by a clip's frames).
       frame_valid: optional bool ``[B, T]``, False for padded frames.
       train: Swin stochastic depth (needs a ``"dropout"`` rng).
+      pilot: ``decoder.mask_piloting`` training inputs (ground-truth tracks ``masks
+        [B, G, T, H, W]``, ``labels [B, G]``, ``valid [B, G]``); adds ``pilot_outputs``.
 
     Returns:
       ``pred_logits [B, Q, K+1]``, ``pred_masks [B, Q, T, Hp/4, Wp/4]`` (last layer),
@@ -107,7 +110,8 @@ class Mask2FormerVISModel(Mask2FormerModel):
     multi_scale, mask_features = self.frame_features(
         images.reshape(b * t, *images.shape[2:]), valid, train)
     clips = lambda x: x.reshape(b, t, *x.shape[1:])  # noqa: E731
-    return self.decode_video([clips(x) for x in multi_scale], clips(mask_features), frame_valid)
+    return self.decode_video([clips(x) for x in multi_scale], clips(mask_features), frame_valid,
+                             pilot)
 
   def frame_features(self, frames: jax.Array, valid: jax.Array | None = None,
                      train: bool = False) -> tuple[list[jax.Array], jax.Array]:
@@ -117,9 +121,12 @@ class Mask2FormerVISModel(Mask2FormerModel):
     return list(pix["multi_scale_features"]), pix["mask_features"]
 
   def decode_video(self, multi_scale: Sequence[jax.Array], mask_features: jax.Array,
-                   frame_valid: jax.Array | None = None) -> dict[str, Any]:
+                   frame_valid: jax.Array | None = None,
+                   pilot: dict[str, jax.Array] | None = None) -> dict[str, Any]:
     """The 3-D decoder on clip features ``[B, T, ...]`` (see ``__call__``)."""
-    return self.predictor(multi_scale, mask_features, frame_valid)
+    if pilot is None:
+      return self.predictor(multi_scale, mask_features, frame_valid)
+    return self.predictor(multi_scale, mask_features, frame_valid, pilot)
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -145,9 +152,12 @@ def video_targets(batch: Batch, num_classes: int, label_from_last_frame: bool = 
   return {"masks": batch["masks"], "labels": labels, "instance_valid": batch["instance_valid"]}
 
 
+def _fp32_set(o: dict[str, Any]) -> dict[str, Any]:
+  return {k: o[k].astype(jnp.float32) for k in ("pred_logits", "pred_masks")}
+
+
 def _fp32(outputs: dict[str, Any]) -> dict[str, Any]:
-  one = lambda o: {k: o[k].astype(jnp.float32) for k in ("pred_logits", "pred_masks")}  # noqa
-  return dict(one(outputs), aux_outputs=[one(a) for a in outputs["aux_outputs"]])
+  return dict(_fp32_set(outputs), aux_outputs=[_fp32_set(a) for a in outputs["aux_outputs"]])
 
 
 class Mask2FormerVIS(ModelBundle):
@@ -162,6 +172,8 @@ class Mask2FormerVIS(ModelBundle):
     self.loss_cfg = criterion_config(config)
     self.num_classes = int(config.data.num_classes)
     self.label_from_last_frame = bool(config.loss.get("label_from_last_frame", False))
+    self.mask_piloting = bool(config.model.decoder.get("mask_piloting", False))
+    self.mask_piloting_weight = float(config.loss.get("mask_piloting_weight", 1.0))
     self.inference = config.model.get("inference", default_inference_config())
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
@@ -173,10 +185,23 @@ class Mask2FormerVIS(ModelBundle):
   def loss(self, params: Any, model_state: Any, batch: Batch, rng: jax.Array
            ) -> tuple[jax.Array, Metrics]:
     dropout_key, criterion_key = jax.random.split(rng)
-    outputs = self.module.apply({"params": params, **model_state}, batch["images"],
-                                batch["image_valid"], train=True, rngs={"dropout": dropout_key})
     targets = video_targets(batch, self.num_classes, self.label_from_last_frame)
-    return criterion.set_criterion(_fp32(outputs), targets, None, criterion_key, self.loss_cfg)
+    pilot = None
+    if self.mask_piloting:
+      # The piloted query's content is its track's class (even where the official quirk
+      # supervises it as no-object).
+      pilot = {"masks": batch["masks"], "labels": batch["labels"],
+               "valid": batch["instance_valid"]}
+    outputs = self.module.apply({"params": params, **model_state}, batch["images"],
+                                batch["image_valid"], train=True, pilot=pilot,
+                                rngs={"dropout": dropout_key})
+    total, metrics = criterion.set_criterion(_fp32(outputs), targets, None, criterion_key,
+                                             self.loss_cfg)
+    if self.mask_piloting:
+      total, metrics = criterion.add_piloted_losses(
+          total, metrics, [_fp32_set(o) for o in outputs["pilot_outputs"]], targets,
+          criterion_key, self.loss_cfg, self.mask_piloting_weight)
+    return total, metrics
 
   # ---- inference ------------------------------------------------------------------------------
 
