@@ -18,7 +18,8 @@ def test_vita_recipe_two_stages_and_resume(tmp_path):
   out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
   assert out.returncode == 0, out.stderr[-4000:]
   # Every detector tensor came from stage 1; only VITA's own parameters were missing, and the
-  # only stage-1 tensors VITA has no use for are the detector's auxiliary class head.
+  # only stage-1 tensors VITA has no use for are the detector's training-only parts: the
+  # auxiliary class head and the mask-piloted queries' embeddings.
   line = next(x for x in out.stderr.splitlines() if x.startswith("init_from "))
   params_part = line.split("params:", 1)[1].split("; model state:", 1)[0]
   assert params_part.lstrip().startswith("loaded")
@@ -26,7 +27,9 @@ def test_vita_recipe_two_stages_and_resume(tmp_path):
   unexpected = params_part.split("unexpected", 1)[1] if "unexpected" in params_part else ""
   assert "detector/" not in missing and "vita/" in missing
   assert set(unexpected.split(":", 1)[1].replace(",", " ").split()) == {
-      "detector/semantic_classifier/bias", "detector/semantic_classifier/kernel"}
+      "detector/semantic_classifier/bias", "detector/semantic_classifier/kernel",
+      "detector/predictor/pilot_label_embed/embedding",
+      "detector/predictor/pilot_pos_embed/embedding"}
   summary = json.load(open(tmp_path / "recipe.json"))
   assert list(summary["stages"]) == ["detector", "vita"]
   assert summary["stages"]["detector"]["steps"] == 2
@@ -42,6 +45,21 @@ def test_vita_recipe_two_stages_and_resume(tmp_path):
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stdout.count("already complete") == 2
   assert "vis_jax.detector_report" not in again.stdout
+
+  # The other recipe in the same workdir reuses the detector stage; the summary then names it
+  # and totals only its own stages.
+  m2f = [*command[:3], "--recipe=m2f_vis_synthetic", *command[4:]]
+  other = subprocess.run(m2f, env=env, capture_output=True, text=True, timeout=900)
+  assert other.returncode == 0, other.stderr[-4000:]
+  assert other.stdout.count("already complete") == 1
+  summary = json.load(open(tmp_path / "recipe.json"))
+  assert summary["recipe"] == "m2f_vis_synthetic"
+  assert list(summary["stages"]) == ["detector", "vita", "m2f_vis"]
+  own = [summary["stages"][s] for s in ("detector", "m2f_vis")]
+  assert summary["total_seconds"] == pytest.approx(
+      sum(s["seconds"] + s.get("report_seconds", 0.0) for s in own), abs=0.2)
+  assert json.loads(other.stdout[other.stdout.rindex("{\n"):])["AP"] == summary["stages"][
+      "m2f_vis"]["eval"]["AP"]
 
 
 def test_unknown_recipe_and_flags_are_refused(tmp_path):

@@ -157,6 +157,9 @@ def run_recipe(name: str, workdir: str, detector_steps: int | None = None,
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       summary = json.load(f)
+  # A workdir can hold several recipes' stages (they share the detector stage): the summary
+  # names the recipe run last and totals only its stages.
+  summary["recipe"] = name
   stages = RECIPES[name]
   for index, stage in enumerate(stages):
     last = index == len(stages) - 1
@@ -180,8 +183,10 @@ def run_recipe(name: str, workdir: str, detector_steps: int | None = None,
     if final is not None:
       record["eval"] = final
     summary["stages"][stage.name] = record
-    summary["total_seconds"] = round(sum(s.get("seconds", 0.0) + s.get("report_seconds", 0.0)
-                                         for s in summary["stages"].values()), 1)
+    summary["total_seconds"] = round(sum(
+        summary["stages"][s.name].get("seconds", 0.0)
+        + summary["stages"][s.name].get("report_seconds", 0.0)
+        for s in stages if s.name in summary["stages"]), 1)
     with open(summary_path, "w") as f:
       json.dump(summary, f, indent=1)
   return summary
@@ -202,8 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f"unknown arguments {bad} (only --config.key=value flags are passed on)")
   summary = run_recipe(args.recipe, args.workdir, args.detector_steps, args.steps, extra,
                        args.variant)
-  last = list(summary["stages"].values())[-1]
-  final = last.get("eval", {})
+  final = summary["stages"][RECIPES[args.recipe][-1].name].get("eval", {})
   print(json.dumps({"recipe": args.recipe, "total_seconds": summary["total_seconds"],
                     **{k: final[k] for k in ("AP", "AP50", "AP75", "AR1", "AR10") if k in final}},
                    indent=1))
