@@ -162,6 +162,51 @@ def test_piloted_queries_read_only_their_ground_truth(inputs):
   assert np.abs(run(inside) - base).max() > 1e-3
 
 
+def test_pilot_point_noise_flips_cells_of_valid_slots_only():
+  """``pilot_point_noise``: probability 1 turns a valid slot's attention mask into its
+  complement; 0.25 flips about a quarter of its cells; padding slots stay unblocked."""
+  pilot = _pilot_case()
+  clean = mask2former.MultiScaleMaskedTransformerDecoder(num_classes=3, mask_piloting=True)
+  exact = np.asarray(clean.pilot_attention(pilot["masks"], pilot["valid"], (16, 24)))
+  key = jax.random.PRNGKey(3)
+  for ratio in (1.0, 0.25):
+    noisy = mask2former.MultiScaleMaskedTransformerDecoder(
+        num_classes=3, mask_piloting=True, pilot_point_noise=ratio)
+    got = np.asarray(noisy.pilot_attention(pilot["masks"], pilot["valid"], (16, 24), None, key))
+    flipped = got[:, :2] != exact[:, :2]
+    if ratio == 1.0:
+      assert flipped.all()
+    else:
+      assert abs(flipped.mean() - ratio) < 0.05
+    assert got[:, 2].all()  # padding slot: an empty row, unblocked
+  assert not np.asarray(clean.pilot_attention(pilot["masks"], pilot["valid"], (16, 24), None,
+                                              key) != exact).any()
+
+
+def test_pilot_label_noise_changes_only_the_piloted_queries(inputs):
+  """``pilot_label_noise``: piloted queries start from a random class's embedding (from the
+  ``dropout`` stream); the matching queries are untouched."""
+  feats, mask_features = inputs
+  kwargs = dict(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+                dec_layers=3, mask_dim=D, mask_piloting=True)
+  clean = mask2former.MultiScaleMaskedTransformerDecoder(**kwargs)
+  params = clean.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  pilot = dict(_pilot_case(), labels=jnp.zeros((B, 3), jnp.int32))
+  base = clean.apply({"params": params}, feats, mask_features, pilot)
+  noisy = mask2former.MultiScaleMaskedTransformerDecoder(**kwargs, pilot_label_noise=1.0)
+  outs = [noisy.apply({"params": params}, feats, mask_features, pilot,
+                      rngs={"dropout": jax.random.PRNGKey(k)}) for k in range(4)]
+  for out in outs:
+    np.testing.assert_allclose(np.asarray(out["pred_masks"]), np.asarray(base["pred_masks"]),
+                               atol=1e-5)
+  # Some draw relabels a valid query away from class 0: its predictions differ from the clean
+  # run; a draw that keeps class 0 for both reproduces them exactly.
+  differs = [np.abs(np.asarray(o["pilot_outputs"][-1]["pred_masks"])[:, :2]
+                    - np.asarray(base["pilot_outputs"][-1]["pred_masks"])[:, :2]).max() > 1e-4
+             for o in outs]
+  assert any(differs)
+
+
 def test_piloted_criterion_is_the_criterion_with_identity_matching():
   """On predictions that are their slot's ground truth, the Hungarian matcher finds the
   identity: the fixed-matching loss equals ``set_criterion``'s, term by term."""

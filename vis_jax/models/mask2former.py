@@ -224,6 +224,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       every layer; their predictions are supervised against their own instance (no matching).
       It teaches the layers to turn an instance's region into the embedding that segments it
       and nothing else. Inference and the matching queries are unchanged. Not official.
+    pilot_label_noise / pilot_point_noise: MP-Former's noised piloting (training only, drawn
+      from the ``dropout`` rng stream): a piloted query's content is a uniformly random class
+      with this probability (it is still supervised with its true class), and each cell of
+      its attention mask at each level is flipped with this probability, so the layers learn
+      to correct a wrong class and a rough region rather than copy them. 0 = exact ground
+      truth.
     fine_memory: the decoder's memory levels are the 1/16 and 1/8 maps and the 1/4 mask
       features (official: 1/32, 1/16, 1/8), same parameters: on small inputs with small
       objects the 1/32 map holds an object in less than one token, and a query cannot tell
@@ -245,6 +251,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   mask_pooling: bool = False
   query_anchors: bool = False
   mask_piloting: bool = False
+  pilot_label_noise: float = 0.0
+  pilot_point_noise: float = 0.0
   fine_memory: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -366,16 +374,21 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     return logits, masks, allowed, normed
 
   def pilot_attention(self, pilot_masks: jax.Array, pilot_valid: jax.Array,
-                      size: Sequence[int], frame_valid: jax.Array | None = None) -> jax.Array:
+                      size: Sequence[int], frame_valid: jax.Array | None = None,
+                      flip_key: jax.Array | None = None) -> jax.Array:
     """Mask-piloted queries' cross-attention mask at a level: the ground truth's area fraction
     ≥ 0.5 there (``pilot_masks [B, G, *extra, H, W]`` at any resolution, ``extra = (T,)`` for
-    clips), empty rows and padding slots unblocked (on the valid frames of ``frame_valid
+    clips), each cell flipped with probability ``pilot_point_noise`` when ``flip_key`` is
+    given, empty rows and padding slots unblocked (on the valid frames of ``frame_valid
     [B, T]`` only). Returns ``[B, G, prod(extra)·h·w]``."""
     b, g = pilot_masks.shape[:2]
     area = jax.image.resize(pilot_masks.astype(jnp.float32),
                             (*pilot_masks.shape[:-2], *size), "linear", antialias=True)
     extra = area.ndim - 4
-    allowed = (area >= MASK_THRESHOLD) & pilot_valid.reshape(b, g, *([1] * (extra + 2)))
+    allowed = area >= MASK_THRESHOLD
+    if flip_key is not None and self.pilot_point_noise > 0:
+      allowed = allowed ^ jax.random.bernoulli(flip_key, self.pilot_point_noise, allowed.shape)
+    allowed = allowed & pilot_valid.reshape(b, g, *([1] * (extra + 2)))
     if frame_valid is None:
       return unblock_empty_rows(allowed.reshape(b, g, -1))
     key_valid = jnp.broadcast_to(frame_valid.astype(bool)[:, None, ..., None, None],
@@ -421,8 +434,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       # cross-attention is restricted to that instance's ground truth at every layer. The two
       # groups do not see each other in self-attention: the matching queries are unchanged.
       g = pilot["labels"].shape[1]
+      labels, flip_keys = pilot["labels"], [None] * len(level_sizes)
+      if self.pilot_label_noise > 0 or self.pilot_point_noise > 0:
+        label_key, *flip_keys = jax.random.split(self.make_rng("dropout"), 1 + len(level_sizes))
+        relabel = jax.random.bernoulli(label_key, self.pilot_label_noise, labels.shape)
+        random_labels = jax.random.randint(jax.random.fold_in(label_key, 1), labels.shape, 0,
+                                           self.num_classes)
+        labels = jnp.where(relabel, random_labels, labels)
       output = jnp.concatenate(
-          [output, self.pilot_label_embed(pilot["labels"]).astype(self.dtype)], 1)
+          [output, self.pilot_label_embed(labels).astype(self.dtype)], 1)
       query_pos = jnp.concatenate([query_pos, jnp.broadcast_to(
           self.pilot_pos_embed.embedding[None], (b, g, c)).astype(self.dtype)], 1)
       is_pilot = jnp.arange(q + g) >= q
@@ -430,8 +450,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       # Two groups: matching queries see only each other, piloted ones only each other.
       self_mask = (is_pilot[None, :, None] == is_pilot[None, None, :]) & valid_keys[:, None, :]
       self_mask = unblock_empty_rows(self_mask)
-      pilot_allowed = [self.pilot_attention(pilot["masks"], pilot["valid"], size, frame_valid)
-                       for size in level_sizes]
+      pilot_allowed = [self.pilot_attention(pilot["masks"], pilot["valid"], size, frame_valid,
+                                            key)
+                       for size, key in zip(level_sizes, flip_keys, strict=True)]
       if prior is not None:
         prior = jnp.concatenate(
             [prior, jnp.zeros((1, g, *prior.shape[2:]), prior.dtype)], 1)
