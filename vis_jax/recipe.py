@@ -183,10 +183,9 @@ def run_recipe(name: str, workdir: str, detector_steps: int | None = None,
     if final is not None:
       record["eval"] = final
     summary["stages"][stage.name] = record
-    summary["total_seconds"] = round(sum(
-        summary["stages"][s.name].get("seconds", 0.0)
-        + summary["stages"][s.name].get("report_seconds", 0.0)
-        for s in stages if s.name in summary["stages"]), 1)
+    own = [summary["stages"][s.name] for s in stages if s.name in summary["stages"]]
+    summary["total_seconds"] = round(sum(r.get("seconds", 0.0) + r.get("report_seconds", 0.0)
+                                         for r in own), 1)
     with open(summary_path, "w") as f:
       json.dump(summary, f, indent=1)
   return summary
