@@ -4,6 +4,7 @@
 layer's mask logits re-derived; the zero-initialised projection is the official decoder).
 ``decoder.query_anchors``: the initial prediction's Gaussian anchor log-prior.
 ``decoder.fine_memory``: the official decoder on the 1/16, 1/8 and 1/4 maps.
+``decoder.peak_prior``: the log-prior centred on each previous mask's arg-max cell.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.peak_prior_reference import numpy_peak_prior
 from vis_jax.models import mask2former
 from vis_jax.models.layers import mask_pooling
 
@@ -322,3 +324,44 @@ def test_video_piloted_queries_read_only_their_track():
   np.testing.assert_allclose(run(shifted({0: (0.5, 1.0), 1: (0.0, 0.5), 2: (0.0, 1.0)})), base,
                              atol=1e-5)
   assert np.abs(run(shifted({1: (0.5, 1.0)})) - base).max() > 1e-3
+
+
+@pytest.mark.parametrize("frames", [0, 2])
+def test_peak_prior_matches_numpy(inputs, frames):
+  """``decoder.peak_prior``: every prediction after the first adds the log-prior centred on the
+  previous prediction's arg-max cell (per frame for clips); the first prediction is the plain
+  ``mask_embed · F``."""
+  feats, mask_features = inputs
+  cls = (mask2former.VideoMultiScaleMaskedTransformerDecoder if frames
+         else mask2former.MultiScaleMaskedTransformerDecoder)
+  if frames:
+    feats = [jnp.stack([f, f[::-1]], 1) for f in feats]
+    mask_features = jnp.stack([mask_features, mask_features[::-1] * 0.5], 1)
+  module = cls(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+               dec_layers=3, mask_dim=D, peak_prior=True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  head = params["peak_prior_head"]
+  assert not np.any(np.asarray(head["kernel"]))
+  np.testing.assert_array_equal(np.asarray(head["bias"]), [0.0, 0.0, -2.0])
+  kernel = np.random.default_rng(7).normal(size=(C, 3)).astype(np.float32)
+  params = dict(params, peak_prior_head={"kernel": jnp.asarray(kernel), "bias": head["bias"]})
+  out = module.apply({"params": params}, feats, mask_features)
+  sets = [*out["aux_outputs"], out]
+  f = np.asarray(mask_features, np.float64)
+  plain_masks = lambda x: np.einsum(
+      "bqd,b...d->bq...", np.asarray(module.apply({"params": params}, x,
+                                                  method=lambda m, y: m.mask_embed(y)),
+                                     np.float64), f)
+  initial = module.apply({"params": params}, jnp.broadcast_to(
+      params["query_feat_embed"]["embedding"][None], (B, Q, C)),
+      method=lambda m, x: m.decoder_norm(x))
+  np.testing.assert_allclose(np.asarray(sets[0]["pred_masks"]), plain_masks(initial),
+                             rtol=1e-4, atol=1e-4)
+  for layer in range(1, len(sets)):
+    normed = out["query_features"][layer - 1]
+    coefficients = np.asarray(normed, np.float64) @ kernel + np.asarray(head["bias"])
+    previous = np.asarray(sets[layer - 1]["pred_masks"], np.float64)
+    prior = numpy_peak_prior(coefficients, previous)
+    assert np.abs(prior).max() > 1.0   # the prior is not negligible here
+    np.testing.assert_allclose(np.asarray(sets[layer]["pred_masks"]),
+                               plain_masks(normed) + prior, rtol=1e-4, atol=1e-3)

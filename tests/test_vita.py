@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.peak_prior_reference import numpy_peak_prior
 from vis_jax.convert_vita import vita_params_from_torch
 from vis_jax.losses import criterion, vita_losses
 from vis_jax.models import vita
@@ -445,6 +446,43 @@ def test_mask_pooling_matches_numpy(model, inference):
   np.testing.assert_allclose(np.asarray(out["pred_masks"])[0, 0, :, :8],
                              np.einsum("qd,thwd->qthw", embed, feats), rtol=1e-4, atol=2e-4)
   assert np.abs(embed - first).max() > 1e-2
+
+
+def test_peak_prior_matches_numpy(model, inference):
+  """``peak_prior``: in training every decoder layer's masks after the first add the prior
+  centred per frame on the previous layer's arg-max cells; at inference only the last layer is
+  predicted, with the previous layer's embedding returned for the streaming path."""
+  fq, pix, _, _ = inference
+  module = vita.VITAModule(small_cfg(peak_prior=True), num_classes=K, num_frame_queries=QF)
+  template = module.init(jax.random.key(0), fq, pix, train=True)["params"]
+  assert not np.any(np.asarray(template["peak_prior_head"]["kernel"]))
+  kernel = np.asarray(jax.random.normal(jax.random.key(12), (C, 3)))
+  params = {"params": dict(model["params"]["params"], peak_prior_head={
+      "kernel": kernel, "bias": template["peak_prior_head"]["bias"]})}
+  feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),
+                                           method=vita.VITAModule.project_mask_features),
+                     np.float64)[0]                                       # [T, h, w, D]
+  plain = lambda layer: np.einsum(
+      "lqd,thwd->lqthw", np.asarray(layer["pred_mask_embed"], np.float64)[:, 0], feats)
+
+  def check(previous_masks, current):   # [L, Nv, T, h, w], one layer's outputs
+    coefficients = np.asarray(current["pred_peak_coefficients"], np.float64)[:, 0]
+    prior = np.stack([numpy_peak_prior(c[None], m[None])[0]
+                      for c, m in zip(coefficients, previous_masks, strict=True)])
+    assert np.abs(prior).max() > 1.0
+    np.testing.assert_allclose(np.asarray(current["pred_masks"])[:, 0], plain(current) + prior,
+                               rtol=1e-4, atol=1e-3)
+
+  out = module.apply(params, fq, pix, train=True)
+  layers = [*out["aux_outputs"], out]
+  assert len(layers) == DEC
+  np.testing.assert_allclose(np.asarray(layers[0]["pred_masks"])[:, 0], plain(layers[0]),
+                             rtol=1e-4, atol=1e-4)
+  for previous, current in zip(layers[:-1], layers[1:], strict=True):
+    check(np.asarray(previous["pred_masks"], np.float64)[:, 0], current)
+  test = module.apply(params, fq, pix, train=False)
+  assert test["aux_outputs"] == []
+  check(plain({"pred_mask_embed": test["pred_prev_mask_embed"]}), test)
 
 
 def test_shift_in_training_uses_the_inference_schedule(model, inference):

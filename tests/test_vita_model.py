@@ -138,6 +138,54 @@ def test_mask_pooling_streams_as_the_whole_video(vita_setup):
   assert np.abs(reference - first).max() > 1e-2  # the pooled term is not vacuous
 
 
+def test_peak_prior_streams_as_the_whole_video(vita_setup):
+  """``vita.peak_prior`` at inference: each frame chunk's masks (the last layer's plus the prior
+  centred on the previous layer's peaks in that frame) equal the module's whole-video masks, and
+  the kept-features and recompute paths give identical predictions."""
+  config, _, params, model_state, video = vita_setup
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  config.model.vita.peak_prior = True
+  config.model.inference.length_bucket = 1
+  config.model.inference.chunk_size = 2
+  c = int(config.model.vita.hidden_dim)
+  kernel = np.asarray(jax.random.normal(jax.random.key(4), (c, 3)))
+  params = dict(params, vita=dict(params["vita"], peak_prior_head={
+      "kernel": kernel, "bias": np.array([0.0, 0.0, -2.0], np.float32)}))
+
+  def run(mode):
+    config.model.inference.mask_features = mode
+    bundle = registry.get_bundle(config)
+    captured = []
+    masks_fn = bundle._jitted["peak_prior_masks"]
+    bundle._jitted["peak_prior_masks"] = lambda *a: captured.append(masks_fn(*a)) or captured[-1]
+    return bundle, bundle.predict_video(params, model_state, video), captured
+
+  bundle, keep, chunks = run("keep")
+  _, recompute, _ = run("recompute")
+  assert len(chunks) == -(-video.length // 2)
+  for a, b in zip(keep, recompute, strict=True):
+    assert a["label"] == b["label"]
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
+    assert [s["counts"] for s in a["segmentations"]] == [s["counts"] for s in b["segmentations"]]
+  streamed = np.concatenate([np.asarray(m) for m in chunks], 1)[:, :video.length]
+  frames = np.stack([part.images for part in eval_source.iter_frame_chunks(video, video.length)])
+  valid = np.zeros((1, *video.padded_size), bool)
+  valid[:, :video.resized_size[0], :video.resized_size[1]] = True
+  _, whole = bundle.module.apply({"params": params, **model_state}, jnp.asarray(frames),
+                                 jnp.asarray(valid), train=False)
+  reference = np.asarray(whole["pred_masks"])[0, 0]                     # [Nv, T, h, w]
+  distance = np.abs(streamed[:, None] - reference[None]).max((2, 3, 4)).min(1)
+  # float32 logits reach a few hundred here (random prior coefficients): relative tolerance.
+  assert distance.max() < 1e-5 * np.abs(reference).max() + 1e-4, (distance, reference.max())
+  plain = np.einsum("qd,thwd->qthw", np.asarray(whole["pred_mask_embed"])[0, 0],
+                    np.asarray(bundle.module.apply(
+                        {"params": params, **model_state}, jnp.asarray(frames[0]),
+                        jnp.asarray(np.repeat(valid, video.length, 0)),
+                        method=lambda m, *a: m.mask_features(*a))))
+  assert np.abs(reference - plain).max() > 1.0   # the prior is not vacuous
+
+
 def _frame_queries(bundle, params, model_state, video):
   variables = {"params": params, **model_state}
   valid = np.zeros((video.length, *video.padded_size), bool)

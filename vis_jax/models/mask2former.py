@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from vis_jax.models.layers.attention import MultiHeadAttention
 from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
+from vis_jax.models.layers.peak_prior import peak_coordinates, peak_log_prior, peak_prior_head
 from vis_jax.models.layers.position import sine_position_2d, sine_position_3d
 from vis_jax.models.pixel_decoder import c2_xavier_init, layer_norm, resize_bilinear
 
@@ -234,6 +235,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       features (official: 1/32, 1/16, 1/8), same parameters: on small inputs with small
       objects the 1/32 map holds an object in less than one token, and a query cannot tell
       same-class neighbours apart in it. Not official.
+    peak_prior: every prediction after the first adds a log-prior centred on the arg-max cell
+      of the query's previous mask (per frame), with coefficients from ``peak_prior_head``
+      (zero kernel, so it starts as a weak radial prior): a query can keep the object under
+      its peak and drop a same-class neighbour (``layers/peak_prior.py``). Not official.
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -254,6 +259,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   pilot_label_noise: float = 0.0
   pilot_point_noise: float = 0.0
   fine_memory: bool = False
+  peak_prior: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -295,6 +301,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       self.pilot_label_embed = nn.Embed(self.num_classes, c,
                                         embedding_init=nn.initializers.normal(1.0), **dt)
       self.pilot_pos_embed = embed(1)
+    if self.peak_prior:
+      self.peak_prior_head = peak_prior_head(**dt)
     if self.mask_pooling:
       self.mask_pool_proj = nn.Dense(self.mask_dim, use_bias=False,
                                      kernel_init=nn.initializers.zeros, **dt)
@@ -353,8 +361,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       mask_features: ``[B, *S, D]`` (``S = (H, W)`` or ``(T, H, W)``).
       target_size: ``(h, w)`` of the level the next layer attends.
       frame_valid: optional ``[B, T]`` validity of the frames (video with padded frames).
-      previous_masks: ``[B, Q, *S]`` the previous prediction's mask logits (``mask_pooling``;
-        None for the first prediction).
+      previous_masks: ``[B, Q, *S]`` the previous prediction's mask logits (``mask_pooling``,
+        ``peak_prior``; None for the first prediction).
       mask_prior: optional additive mask logits broadcastable to ``[B, Q, *S]``.
 
     Returns:
@@ -370,6 +378,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     masks = jnp.einsum("bqc,b...c->bq...", mask_embed, mask_features.astype(self.dtype))
     if mask_prior is not None:
       masks = masks + mask_prior.astype(masks.dtype)
+    if self.peak_prior:
+      coefficients = self.peak_prior_head(normed)
+      if previous_masks is not None:
+        prior = peak_log_prior(coefficients, peak_coordinates(previous_masks), masks.shape[-2:])
+        masks = masks + prior.astype(masks.dtype)
     allowed = attention_mask_from_logits(masks, target_size, frame_valid=frame_valid)
     return logits, masks, allowed, normed
 

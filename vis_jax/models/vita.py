@@ -63,6 +63,13 @@ Config (``cfg``, ``default_config()``; official values in brackets):
     masks over all frames (``layers/mask_pooling.py``), so the embedding reads the 1/4 map it
     multiplies; ``pred_mask_embed`` is then the pooled embedding when ``pixel_features`` is
     given, the first-pass one otherwise (inference pools per frame chunk: ``vita_model``).
+  peak_prior: not official [False]: every decoder layer's masks after the first add the log-prior
+    of ``layers/peak_prior.py`` (coefficients from ``peak_prior_head`` of the layer's query,
+    centred per frame on the arg-max cell of the previous layer's mask), so a video query can
+    keep the object under its peak and drop a same-class neighbour. At inference the previous
+    layer's embedding is returned as ``pred_prev_mask_embed`` and the coefficients as
+    ``pred_peak_coefficients``; ``vita_model`` applies the prior per frame chunk. Excludes
+    ``mask_pooling``.
 
 Official keys → parameters (``vis_jax/convert_vita.py``). ``Linear.weight [out, in]`` →
 ``kernel [in, out]`` (transpose); LayerNorm ``weight`` → ``scale``; MHA ``in_proj_weight [3C, C]``
@@ -102,6 +109,7 @@ import ml_collections
 from vis_jax.models.layers.attention import packed_in_proj_init
 from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
+from vis_jax.models.layers.peak_prior import peak_coordinates, peak_log_prior, peak_prior_head
 from vis_jax.models.layers.window_attention import (  # noqa: F401  (re-exported)
     KEY_BLOCKED,
     SHIFT_MASK_VALUE,
@@ -127,7 +135,7 @@ _DEFAULTS = dict(
     enc_window_size=6, num_object_queries=100, shift_in_training=False, last_layer_num=3,
     dropout=0.0, kv_chunk=0, enc_window_chunk=0, mask_dim=256, pre_norm=False,
     enforce_input_proj=True, in_channels=None, deep_supervision=True, use_sim=True,
-    sim_use_clip=True, freeze_detector=False, mask_pooling=False)
+    sim_use_clip=True, freeze_detector=False, mask_pooling=False, peak_prior=False)
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -317,6 +325,12 @@ class VITAModule(nn.Module):
     self.mask_pool_proj = (nn.Dense(mask_dim, use_bias=False, kernel_init=nn.initializers.zeros,
                                     **dt)
                            if config_value(cfg, "mask_pooling") else None)
+    self.peak_prior_head = (peak_prior_head(**dt) if config_value(cfg, "peak_prior") else None)
+    if self.peak_prior_head is not None and self.mask_pool_proj is not None:
+      raise ValueError("vita.peak_prior and vita.mask_pooling cannot be combined")
+    if self.peak_prior_head is not None and int(cfg.dec_layers) < 2:
+      raise ValueError("vita.peak_prior needs dec_layers >= 2 (it centres on the previous "
+                       "layer's masks)")
     use_sim = bool(config_value(self.cfg, "use_sim"))
     self.sim_embed_frame = torch_linear(c, c, **dt) if use_sim else None
     self.sim_embed_clip = (torch_linear(c, c, **dt)
@@ -422,6 +436,8 @@ class VITAModule(nn.Module):
     out = jnp.broadcast_to(self.query_feat_embed.embedding[None], (n, nv, c)).astype(self.dtype)
     n_layers = int(cfg.dec_layers)
     keep_all = train and bool(config_value(cfg, "deep_supervision"))
+    # ``peak_prior`` centres the last layer's masks on the previous layer's peaks.
+    keep_from = n_layers - (2 if config_value(cfg, "peak_prior") else 1)
     kept = []
     for i in range(n_layers):
       out = self.transformer_cross_attention_layers[i](
@@ -429,7 +445,7 @@ class VITAModule(nn.Module):
       out = self.transformer_self_attention_layers[i](out, query_pos=query_pos,
                                                       deterministic=not train)
       out = self.transformer_ffn_layers[i](out, not train)
-      if keep_all or i == n_layers - 1:
+      if keep_all or i >= keep_from:
         kept.append(self.decoder_norm(out))
     return kept
 
@@ -444,6 +460,15 @@ class VITAModule(nn.Module):
     """``[L, B, Nv, D]`` × ``[B, T, h, w, D]`` → video mask logits ``[L, B, Nv, T, h, w]``."""
     return jnp.einsum("lbqd,bthwd->lbqthw", mask_embed,
                       mask_features.astype(mask_embed.dtype))
+
+  @staticmethod
+  def peak_prior(coefficients: jax.Array, previous_masks: jax.Array) -> jax.Array:
+    """``peak_prior``: ``[L, B, Nv, 3]`` coefficients and the previous layer's ``[L, B, Nv, T, h,
+    w]`` mask logits → the additive prior of the same shape (per frame peaks)."""
+    flat = previous_masks.reshape(-1, *previous_masks.shape[2:])
+    prior = peak_log_prior(coefficients.reshape(-1, *coefficients.shape[2:]),
+                           peak_coordinates(flat), previous_masks.shape[-2:])
+    return prior.reshape(previous_masks.shape)
 
   def pooled_mask_embed(self, mask_embed: jax.Array, numerator: jax.Array,
                         denominator: jax.Array) -> jax.Array:
@@ -498,21 +523,34 @@ class VITAModule(nn.Module):
                      else self.project_mask_features(pixel_features))
     nv = int(self.cfg.num_object_queries)
 
-    def heads(h):
+    def heads(h, previous_masks=None):
       per = lambda a: a.reshape(n_l, b, nv, a.shape[-1])
       out = {"pred_logits": per(self.class_embed(h)), "pred_mask_embed": per(self.mask_embed(h))}
       if self.sim_embed_clip is not None:
         out["pred_cq_embed"] = per(self.sim_embed_clip(h))
+      if self.peak_prior_head is not None:
+        out["pred_peak_coefficients"] = per(self.peak_prior_head(h))
       if mask_features is not None:
         if self.mask_pool_proj is not None:
           first = self.mask_logits(out["pred_mask_embed"], mask_features)
           sums = jax.vmap(lambda m: mask_pool_sums(m, mask_features, frame_valid))(first)
           out["pred_mask_embed"] = self.pooled_mask_embed(out["pred_mask_embed"], *sums)
         out["pred_masks"] = self.mask_logits(out["pred_mask_embed"], mask_features)
+        if previous_masks is not None:
+          out["pred_masks"] = out["pred_masks"] + self.peak_prior(
+              out["pred_peak_coefficients"], previous_masks).astype(out["pred_masks"].dtype)
       return out
 
-    result = heads(kept[-1])
-    result["aux_outputs"] = [heads(h) for h in kept[:-1]]
+    layers, previous = [], None
+    for h in kept:
+      layers.append(heads(h, previous))
+      previous = layers[-1].get("pred_masks") if self.peak_prior_head is not None else None
+    result = layers[-1]
+    if self.peak_prior_head is not None and not (
+        train and bool(config_value(self.cfg, "deep_supervision"))):
+      result["pred_prev_mask_embed"] = layers[-2]["pred_mask_embed"]
+      layers = layers[-1:]
+    result["aux_outputs"] = layers[:-1]
     if self.sim_embed_frame is not None and train:  # only the similarity loss reads it
       result["pred_fq_embed"] = self.sim_embed_frame(memory).reshape(n_l, b, t, qf, -1)
     return result

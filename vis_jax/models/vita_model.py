@@ -218,6 +218,13 @@ class Vita(ModelBundle):
                             frame_valid[None])
       return tuple(x[0] for x in sums)
 
+    def peak_prior_masks(mask_embed, previous_embed, coefficients, feats):
+      """``peak_prior``: the chunk's masks plus the prior centred on the previous layer's."""
+      masks = masks_from_features(mask_embed, feats)
+      previous = masks_from_features(previous_embed, feats)
+      return masks + vita.VITAModule.peak_prior(coefficients[None, None],
+                                                previous[None, None])[0, 0]
+
     def pooled_embed(variables, mask_embed, numerator, denominator):
       return apply(variables, mask_embed, numerator, denominator,
                    method=lambda m, *a: m.vita.pooled_mask_embed(*a))
@@ -226,7 +233,8 @@ class Vita(ModelBundle):
             "video": call(VitaModel.video_predictions, video_apply),
             "mask_features": call(VitaModel.mask_features),
             "masks_from_features": jax.jit(masks_from_features),
-            "pool_sums": jax.jit(pool_sums), "pooled_embed": jax.jit(pooled_embed)}
+            "pool_sums": jax.jit(pool_sums), "pooled_embed": jax.jit(pooled_embed),
+            "peak_prior_masks": jax.jit(peak_prior_masks)}
 
   def predict_video(self, params: Any, model_state: Any, video: eval_source.EvalVideo
                     ) -> list[dict[str, Any]]:
@@ -285,8 +293,15 @@ class Vita(ModelBundle):
       mask_embed = fns["pooled_embed"](variables, mask_embed, numerator, denominator)
     stream = postprocess.StreamingMasks(len(scores), video.padded_size, video.resized_size,
                                         video.original_size)
+    if "pred_prev_mask_embed" in out:
+      previous_embed = jnp.asarray(out["pred_prev_mask_embed"][0, 0])[query_index]
+      coefficients = jnp.asarray(out["pred_peak_coefficients"][0, 0])[query_index]
+      chunk_masks = lambda feats: fns["peak_prior_masks"](mask_embed, previous_embed,
+                                                          coefficients, feats)
+    else:
+      chunk_masks = lambda feats: fns["masks_from_features"](mask_embed, feats)
     for feats, num_valid in feature_chunks():
-      stream.add_chunk(fns["masks_from_features"](mask_embed, feats), num_valid)
+      stream.add_chunk(chunk_masks(feats), num_valid)
     final = np.asarray(scores, np.float64) * stream.mask_scores()
     return [{"score": float(s), "label": int(label), "segmentations": rles}
             for s, label, rles in zip(final, labels, stream.rles, strict=True)]
