@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   datasets.apply(c, "synthetic")
   c.model_name = "mask2former_vis"
   c.model = small_detector.small_detector_config(1, 3)
-  c.model.decoder.num_queries = small_detector.RECIPE_QUERIES  # the stage-1 detector's
+  small_detector.apply_recipe_decoder(c)  # the stage-1 detector's queries and peak prior
   c.model.inference = mask2former_vis_model.default_inference_config()
   c.model.inference.mask_score = True
   c.model.inference.max_frames_whole = 60

@@ -12,6 +12,15 @@ from configs import common
 RECIPE_QUERIES = 64
 
 
+def apply_recipe_decoder(c: common.ConfigDict) -> common.ConfigDict:
+  """The synthetic recipes' frame decoder, shared by the detector stage and the video models
+  started from it (same parameter tree): ``RECIPE_QUERIES`` queries and the peak prior
+  (``model.decoder.peak_prior``, not official; ``synthetic_detector.py`` says what it gives)."""
+  c.model.decoder.num_queries = RECIPE_QUERIES
+  c.model.decoder.peak_prior = True
+  return c
+
+
 def small_detector_config(pixel_encoder_layers: int, decoder_layers: int) -> common.ConfigDict:
   """``config.model`` for the small detector (``mask2former_model.default_config()`` keys)."""
   from vis_jax.models import mask2former_model  # local: light config import

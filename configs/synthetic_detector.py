@@ -23,7 +23,16 @@ both 28.7; VITA AP on top: 28.1, 28.2, 28.0 (seed 0), 30.0 — within ~2 points 
 (``model.decoder.mask_piloting``, not official; inference unchanged): frame AP 30.3 (16
 queries), 32.8 (64), 34.1 (64, piloted); on top of the piloted one VITA reaches AP 31.7 (vs
 30.0 on the 16-query detector) and Mask2Former-VIS 37.9 / 34.5 (seeds 0 / 1; 31.8 on the
-unpiloted 64-query detector). The video configs take 64 queries to match. Variant: ``:smoke``.
+unpiloted 64-query detector). The video configs take 64 queries to match.
+
+The peak prior (``model.decoder.peak_prior``, not official; ``models/layers/peak_prior.py``):
+every decoder layer after the first adds to its mask logits a learned log-prior centred on the
+arg-max cell of the query's previous mask, so a query stops claiming a second object of its
+class. On one host, against the piloted 64-query detector: frame AP 38.8 vs 30.3 (AP50 68.1 vs
+56.3, AP75 41.3 vs 31.8), best-query mask IoU 0.698 vs 0.608, predicted masks covering two
+ground-truth instances 129 vs 297; Mask2Former-VIS on top AP 41.1 vs 34.9 and VITA 33.6 vs 29.9
+(1,000 steps each), at the same step time. ``small_detector.apply_recipe_decoder`` sets it with
+the 64 queries for every synthetic recipe. Variant: ``:smoke``.
 """
 
 from configs import common, datasets, small_detector
@@ -39,7 +48,7 @@ def get_config(arg: str | None = None) -> common.ConfigDict:
   c.loss.importance_sample_ratio = 0.0
   c.loss.num_points = 1024
   c.model.semantic_head = True
-  c.model.decoder.num_queries = small_detector.RECIPE_QUERIES
+  small_detector.apply_recipe_decoder(c)
   c.model.decoder.mask_piloting = True
   c.loss.semantic_weight = 5.0
 
