@@ -181,7 +181,8 @@ def model_summary(config: Any) -> dict[str, Any]:
           "frame_decoder_layers": int(m.decoder.dec_layers),
           "vita": {k: m.vita[k] for k in ("hidden_dim", "enc_layers", "dec_layers",
                                           "enc_window_size", "num_object_queries", "mask_dim")
-                   } | {k: m.vita.get(k, 0) for k in ("kv_chunk", "enc_window_chunk")},
+                   } | {k: m.vita.get(k, 0) for k in ("kv_chunk", "enc_window_chunk")}
+                   | {"peak_prior": bool(m.vita.get("peak_prior", False))},
           "inference": dict(m.inference), "num_classes": int(config.data.num_classes),
           "dtype": config.dtype,
           # Per-frame state kept across the video: the frame queries (float32).
@@ -333,8 +334,12 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
                    {"padded_hw": tuple(video.padded_size), "resized_hw": tuple(video.resized_size),
                     "original_hw": tuple(video.original_size)}),
   }
-  pieces["masks_from_features"] = (fns["masks_from_features"],
-                                   (mask_embed, jnp.zeros(f_shape.shape, f_shape.dtype)), {})
+  features = jnp.zeros(f_shape.shape, f_shape.dtype)
+  if config.model.vita.get("peak_prior", False):  # the masks streamed per chunk
+    pieces["peak_prior_masks"] = (fns["peak_prior_masks"], (
+        mask_embed, mask_embed, jnp.zeros((k, 3), jnp.float32), features), {})
+  else:
+    pieces["masks_from_features"] = (fns["masks_from_features"], (mask_embed, features), {})
   if not keep:
     pieces["mask_features"] = (fns["mask_features"], (variables, images, valid), {})
   compile_seconds, temp_mb = {}, {}
@@ -346,10 +351,11 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
     if stats is not None:
       temp_mb[name] = round(stats.temp_size_in_bytes / MB, 1)
     meter.checkpoint(f"compile_{name}")
-  del images, valid, mask_embed, low, pieces, compiled
+  del images, valid, mask_embed, low, features, pieces, compiled
 
   # Meter the pieces predict_video calls (they block, as its np.asarray calls do anyway).
-  for name in ("frame_queries", "video", "mask_features", "masks_from_features"):
+  for name in ("frame_queries", "video", "mask_features", "masks_from_features",
+               "peak_prior_masks"):
     fns[name] = meter.wrap(name, fns[name])
   upsample = postprocess.upsample_chunk
   postprocess.upsample_chunk = meter.wrap("upsample", upsample)
@@ -358,7 +364,7 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
   meter.checkpoint("before_inference")
   rss_before_kb = _status_kb("VmRSS")
   inference_phases = ("host", "frame_queries", "video", "mask_features", "masks_from_features",
-                      "upsample")
+                      "peak_prior_masks", "upsample")
   for phase in inference_phases:
     meter.peak_kb.pop(phase, None)
   t0 = time.perf_counter()
@@ -465,7 +471,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
       entry["phase_growth_mb_per_frame"] = {
           phase: slope(lambda r, phase=phase: r["phase_peak_rss_mb"][phase])
           for phase in ("frame_queries", "video", "mask_features", "masks_from_features",
-                        "upsample", "host")
+                        "peak_prior_masks", "upsample", "host")
           if phase in lo["phase_peak_rss_mb"] and phase in hi["phase_peak_rss_mb"]}
       if "video" in lo["xla_temp_mb"] and "video" in hi["xla_temp_mb"]:
         entry["vita_xla_temp_mb_per_frame"] = slope(lambda r: r["xla_temp_mb"]["video"])

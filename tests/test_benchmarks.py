@@ -20,7 +20,10 @@ def test_vita_long_video_recompute_path_end_to_end(tmp_path):
   assert (run["model"], run["frames"], run["height"], run["width"]) == ("synthetic", 40, 360, 640)
   assert run["mask_features"] == "recompute"
   assert run["phase_calls"]["frame_queries"] == 3 and run["phase_calls"]["mask_features"] == 3
-  assert run["phase_calls"]["masks_from_features"] == 3
+  # The synthetic config streams its masks with VITA's peak prior: one call per chunk.
+  assert run["model_config"]["vita"]["peak_prior"]
+  assert run["phase_calls"]["peak_prior_masks"] == 3 and "masks_from_features" not in run[
+      "phase_calls"]
   assert run["phase_calls"]["video"] == 1
   top_k = run["model_config"]["inference"]["top_k"]
   assert run["output"]["tracks"] == top_k and run["output"]["rles"] == top_k * 40

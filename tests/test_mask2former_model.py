@@ -108,6 +108,7 @@ def get_config(arg=None):
   pd.num_groups = 32  # HF hard-codes GroupNorm(32)
   dec.dim_feedforward, dec.dec_layers = {{dim_feedforward}}, {{decoder_layers}} - 1
   dec.num_queries = {{num_queries}}
+  dec.peak_prior = False  # official models have none (the synthetic recipes turn it on)
 {extra}  return c
 """
 
