@@ -109,26 +109,9 @@ def test_mask_pooling_streams_as_the_whole_video(vita_setup):
   kernel = np.asarray(jax.random.normal(jax.random.key(3), (d, d))) * 0.3
   params = dict(params, vita=dict(params["vita"], mask_pool_proj={"kernel": kernel}))
 
-  def run(mode):
-    config.model.inference.mask_features = mode
-    bundle = registry.get_bundle(config)
-    captured = []
-    pooled_embed = bundle._jitted["pooled_embed"]
-    bundle._jitted["pooled_embed"] = lambda *a: captured.append(pooled_embed(*a)) or captured[-1]
-    return bundle, bundle.predict_video(params, model_state, video), np.asarray(captured[0])
-
-  bundle, keep, streamed = run("keep")
-  _, recompute, _ = run("recompute")
-  for a, b in zip(keep, recompute, strict=True):
-    assert a["label"] == b["label"]
-    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
-    assert [s["counts"] for s in a["segmentations"]] == [s["counts"] for s in b["segmentations"]]
-
-  frames = np.stack([part.images for part in eval_source.iter_frame_chunks(video, video.length)])
-  valid = np.zeros((1, *video.padded_size), bool)
-  valid[:, :video.resized_size[0], :video.resized_size[1]] = True
-  _, whole = bundle.module.apply({"params": params, **model_state}, jnp.asarray(frames),
-                                 jnp.asarray(valid), train=False)
+  bundle, streamed = _assert_paths_agree(config, params, model_state, video, "pooled_embed")
+  streamed = np.asarray(streamed[0])
+  _, _, whole = _whole_video_outputs(bundle, params, model_state, video)
   reference = np.asarray(whole["pred_mask_embed"])[0, 0]               # [Nv, D]
   # Every selected (query, class) pair's pooled embedding is its query's whole-video one.
   distance = np.abs(streamed[:, None] - reference[None]).max(-1).min(1)
@@ -154,27 +137,10 @@ def test_peak_prior_streams_as_the_whole_video(vita_setup):
   params = dict(params, vita=dict(params["vita"], peak_prior_head={
       "kernel": kernel, "bias": np.array([0.0, 0.0, -2.0], np.float32)}))
 
-  def run(mode):
-    config.model.inference.mask_features = mode
-    bundle = registry.get_bundle(config)
-    captured = []
-    masks_fn = bundle._jitted["peak_prior_masks"]
-    bundle._jitted["peak_prior_masks"] = lambda *a: captured.append(masks_fn(*a)) or captured[-1]
-    return bundle, bundle.predict_video(params, model_state, video), captured
-
-  bundle, keep, chunks = run("keep")
-  _, recompute, _ = run("recompute")
+  bundle, chunks = _assert_paths_agree(config, params, model_state, video, "peak_prior_masks")
   assert len(chunks) == -(-video.length // 2)
-  for a, b in zip(keep, recompute, strict=True):
-    assert a["label"] == b["label"]
-    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
-    assert [s["counts"] for s in a["segmentations"]] == [s["counts"] for s in b["segmentations"]]
   streamed = np.concatenate([np.asarray(m) for m in chunks], 1)[:, :video.length]
-  frames = np.stack([part.images for part in eval_source.iter_frame_chunks(video, video.length)])
-  valid = np.zeros((1, *video.padded_size), bool)
-  valid[:, :video.resized_size[0], :video.resized_size[1]] = True
-  _, whole = bundle.module.apply({"params": params, **model_state}, jnp.asarray(frames),
-                                 jnp.asarray(valid), train=False)
+  frames, valid, whole = _whole_video_outputs(bundle, params, model_state, video)
   reference = np.asarray(whole["pred_masks"])[0, 0]                     # [Nv, T, h, w]
   distance = np.abs(streamed[:, None] - reference[None]).max((2, 3, 4)).min(1)
   # float32 logits reach a few hundred here (random prior coefficients): relative tolerance.
@@ -185,6 +151,38 @@ def test_peak_prior_streams_as_the_whole_video(vita_setup):
                         jnp.asarray(np.repeat(valid, video.length, 0)),
                         method=lambda m, *a: m.mask_features(*a))))
   assert np.abs(reference - plain).max() > 1.0   # the prior is not vacuous
+
+
+def _assert_paths_agree(config, params, model_state, video, jitted_name):
+  """Predicts ``video`` with the kept-features and the recompute paths (``config`` is changed
+  in place), asserts identical predictions, and returns the kept-path bundle and the outputs of
+  its ``_jitted[jitted_name]`` calls in call order."""
+  def run(mode):
+    config.model.inference.mask_features = mode
+    bundle = registry.get_bundle(config)
+    captured = []
+    fn = bundle._jitted[jitted_name]
+    bundle._jitted[jitted_name] = lambda *a: captured.append(fn(*a)) or captured[-1]
+    return bundle, bundle.predict_video(params, model_state, video), captured
+
+  bundle, keep, captured = run("keep")
+  _, recompute, _ = run("recompute")
+  for a, b in zip(keep, recompute, strict=True):
+    assert a["label"] == b["label"]
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4)
+    assert [s["counts"] for s in a["segmentations"]] == [s["counts"] for s in b["segmentations"]]
+  return bundle, captured
+
+
+def _whole_video_outputs(bundle, params, model_state, video):
+  """The module on the whole video at once: ``(frames [1, T, H, W, 3], valid [1, H, W],
+  outputs)``."""
+  frames = np.stack([part.images for part in eval_source.iter_frame_chunks(video, video.length)])
+  valid = np.zeros((1, *video.padded_size), bool)
+  valid[:, :video.resized_size[0], :video.resized_size[1]] = True
+  _, whole = bundle.module.apply({"params": params, **model_state}, jnp.asarray(frames),
+                                 jnp.asarray(valid), train=False)
+  return frames, valid, whole
 
 
 def _frame_queries(bundle, params, model_state, video):
