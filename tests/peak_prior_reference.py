@@ -3,8 +3,10 @@
 import numpy as np
 
 
-def numpy_peak_prior(coefficients: np.ndarray, previous: np.ndarray) -> np.ndarray:
-  """Independent re-derivation: loops over every (query, frame) map's arg-max cell."""
+def numpy_peak_prior(coefficients: np.ndarray, previous: np.ndarray,
+                     scale: float = 0.2) -> np.ndarray:
+  """Independent re-derivation: loops over every (query, frame) map's arg-max cell; ``scale``
+  is σ₀ as a fraction of the frame's side."""
   h, w = previous.shape[-2:]
   lead = previous.shape[:-2]
   prior = np.zeros(previous.shape)
@@ -12,7 +14,7 @@ def numpy_peak_prior(coefficients: np.ndarray, previous: np.ndarray) -> np.ndarr
   for index in np.ndindex(*lead):
     row, col = np.unravel_index(np.argmax(previous[index]), (h, w))
     ux, uy, v = coefficients[index[:2]]
-    dx = (xs[None, :] - xs[col]) / 0.2
-    dy = (ys[:, None] - ys[row]) / 0.2
+    dx = (xs[None, :] - xs[col]) / scale
+    dy = (ys[:, None] - ys[row]) / scale
     prior[index] = ux * dx + uy * dy - np.log1p(np.exp(v)) * (dx ** 2 + dy ** 2)
   return prior

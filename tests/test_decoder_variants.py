@@ -326,11 +326,11 @@ def test_video_piloted_queries_read_only_their_track():
   assert np.abs(run(shifted({1: (0.5, 1.0)})) - base).max() > 1e-3
 
 
-@pytest.mark.parametrize("frames", [0, 2])
-def test_peak_prior_matches_numpy(inputs, frames):
-  """``decoder.peak_prior``: every prediction after the first adds the log-prior centred on the
-  previous prediction's arg-max cell (per frame for clips); the first prediction is the plain
-  ``mask_embed · F``."""
+@pytest.mark.parametrize("frames, scale", [(0, 0.2), (2, 0.1)])
+def test_peak_prior_matches_numpy(inputs, frames, scale):
+  """``decoder.peak_prior``: every prediction after the first adds the log-prior (length scale
+  ``peak_prior_scale``) centred on the previous prediction's arg-max cell (per frame for
+  clips); the first prediction is the plain ``mask_embed · F``."""
   feats, mask_features = inputs
   cls = (mask2former.VideoMultiScaleMaskedTransformerDecoder if frames
          else mask2former.MultiScaleMaskedTransformerDecoder)
@@ -338,7 +338,7 @@ def test_peak_prior_matches_numpy(inputs, frames):
     feats = [jnp.stack([f, f[::-1]], 1) for f in feats]
     mask_features = jnp.stack([mask_features, mask_features[::-1] * 0.5], 1)
   module = cls(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
-               dec_layers=3, mask_dim=D, peak_prior=True)
+               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale)
   params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
   head = params["peak_prior_head"]
   assert not np.any(np.asarray(head["kernel"]))
@@ -361,7 +361,7 @@ def test_peak_prior_matches_numpy(inputs, frames):
     normed = out["query_features"][layer - 1]
     coefficients = np.asarray(normed, np.float64) @ kernel + np.asarray(head["bias"])
     previous = np.asarray(sets[layer - 1]["pred_masks"], np.float64)
-    prior = numpy_peak_prior(coefficients, previous)
+    prior = numpy_peak_prior(coefficients, previous, scale)
     assert np.abs(prior).max() > 1.0   # the prior is not negligible here
     np.testing.assert_allclose(np.asarray(sets[layer]["pred_masks"]),
                                plain_masks(normed) + prior, rtol=1e-4, atol=1e-3)

@@ -451,9 +451,12 @@ def test_mask_pooling_matches_numpy(model, inference):
 def test_peak_prior_matches_numpy(model, inference):
   """``peak_prior``: in training every decoder layer's masks after the first add the prior
   centred per frame on the previous layer's arg-max cells; at inference only the last layer is
-  predicted, with the previous layer's embedding returned for the streaming path."""
+  predicted, with the previous layer's embedding returned for the streaming path. A
+  non-default length scale (``peak_prior_scale``) reaches the prior."""
   fq, pix, _, _ = inference
-  module = vita.VITAModule(small_cfg(peak_prior=True), num_classes=K, num_frame_queries=QF)
+  scale = 0.15
+  module = vita.VITAModule(small_cfg(peak_prior=True, peak_prior_scale=scale), num_classes=K,
+                           num_frame_queries=QF)
   template = module.init(jax.random.key(0), fq, pix, train=True)["params"]
   assert not np.any(np.asarray(template["peak_prior_head"]["kernel"]))
   kernel = np.asarray(jax.random.normal(jax.random.key(12), (C, 3)))
@@ -467,7 +470,7 @@ def test_peak_prior_matches_numpy(model, inference):
 
   def check(previous_masks, current):   # [L, Nv, T, h, w], one layer's outputs
     coefficients = np.asarray(current["pred_peak_coefficients"], np.float64)[:, 0]
-    prior = np.stack([numpy_peak_prior(c[None], m[None])[0]
+    prior = np.stack([numpy_peak_prior(c[None], m[None], scale)[0]
                       for c, m in zip(coefficients, previous_masks, strict=True)])
     assert np.abs(prior).max() > 1.0
     np.testing.assert_allclose(np.asarray(current["pred_masks"])[:, 0], plain(current) + prior,

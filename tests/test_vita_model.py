@@ -130,6 +130,7 @@ def test_peak_prior_streams_as_the_whole_video(vita_setup):
   config = config.copy_and_resolve_references()
   config.unlock()
   config.model.vita.peak_prior = True
+  config.model.vita.peak_prior_scale = 0.1  # a non-default σ₀ reaches the streamed prior too
   config.model.inference.length_bucket = 1
   config.model.inference.chunk_size = 2
   c = int(config.model.vita.hidden_dim)

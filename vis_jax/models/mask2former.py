@@ -39,7 +39,12 @@ import jax.numpy as jnp
 from vis_jax.models.layers.attention import MultiHeadAttention
 from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
-from vis_jax.models.layers.peak_prior import peak_coordinates, peak_log_prior, peak_prior_head
+from vis_jax.models.layers.peak_prior import (
+    PRIOR_SCALE,
+    peak_coordinates,
+    peak_log_prior,
+    peak_prior_head,
+)
 from vis_jax.models.layers.position import sine_position_2d, sine_position_3d
 from vis_jax.models.pixel_decoder import c2_xavier_init, layer_norm, resize_bilinear
 
@@ -239,6 +244,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       of the query's previous mask (per frame), with coefficients from ``peak_prior_head``
       (zero kernel, so it starts as a weak radial prior): a query can keep the object under
       its peak and drop a same-class neighbour (``layers/peak_prior.py``). Not official.
+    peak_prior_scale: the prior's length scale σ₀ (fraction of the padded frame's side).
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -260,6 +266,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   pilot_point_noise: float = 0.0
   fine_memory: bool = False
   peak_prior: bool = False
+  peak_prior_scale: float = PRIOR_SCALE
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -381,7 +388,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     if self.peak_prior:
       coefficients = self.peak_prior_head(normed)
       if previous_masks is not None:
-        prior = peak_log_prior(coefficients, peak_coordinates(previous_masks), masks.shape[-2:])
+        prior = peak_log_prior(coefficients, peak_coordinates(previous_masks), masks.shape[-2:],
+                               self.peak_prior_scale)
         masks = masks + prior.astype(masks.dtype)
     allowed = attention_mask_from_logits(masks, target_size, frame_valid=frame_valid)
     return logits, masks, allowed, normed

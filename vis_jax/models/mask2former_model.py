@@ -48,6 +48,7 @@ from vis_jax.losses import criterion, discriminative, semantic
 from vis_jax.models import backbones
 from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD, STEM_STRIDE
 from vis_jax.models.base import Batch, Metrics, ModelBundle
+from vis_jax.models.layers.peak_prior import PRIOR_SCALE
 from vis_jax.models.mask2former import MultiScaleMaskedTransformerDecoder
 from vis_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
 
@@ -70,7 +71,7 @@ def default_config() -> ConfigDict:
           hidden_dim=256, num_queries=100, num_heads=8, dim_feedforward=2048, dec_layers=9,
           pre_norm=False, enforce_input_proj=False, mask_pooling=False, query_anchors=False,
           mask_piloting=False, pilot_label_noise=0.0, pilot_point_noise=0.0,
-          fine_memory=False, peak_prior=False)),
+          fine_memory=False, peak_prior=False, peak_prior_scale=PRIOR_SCALE)),
       remat_backbone=False,
       remat_decoder_layers=False,
       # A linear per-pixel class head on the mask features, trained by loss.semantic_weight

@@ -70,6 +70,7 @@ Config (``cfg``, ``default_config()``; official values in brackets):
     layer's embedding is returned as ``pred_prev_mask_embed`` and the coefficients as
     ``pred_peak_coefficients``; ``vita_model`` applies the prior per frame chunk. Excludes
     ``mask_pooling``.
+  peak_prior_scale: the prior's length scale σ₀ (fraction of the padded frame's side) [0.2].
 
 Official keys → parameters (``vis_jax/convert_vita.py``). ``Linear.weight [out, in]`` →
 ``kernel [in, out]`` (transpose); LayerNorm ``weight`` → ``scale``; MHA ``in_proj_weight [3C, C]``
@@ -109,7 +110,12 @@ import ml_collections
 from vis_jax.models.layers.attention import packed_in_proj_init
 from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
-from vis_jax.models.layers.peak_prior import peak_coordinates, peak_log_prior, peak_prior_head
+from vis_jax.models.layers.peak_prior import (
+    PRIOR_SCALE,
+    peak_coordinates,
+    peak_log_prior,
+    peak_prior_head,
+)
 from vis_jax.models.layers.window_attention import (  # noqa: F401  (re-exported)
     KEY_BLOCKED,
     SHIFT_MASK_VALUE,
@@ -135,7 +141,8 @@ _DEFAULTS = dict(
     enc_window_size=6, num_object_queries=100, shift_in_training=False, last_layer_num=3,
     dropout=0.0, kv_chunk=0, enc_window_chunk=0, mask_dim=256, pre_norm=False,
     enforce_input_proj=True, in_channels=None, deep_supervision=True, use_sim=True,
-    sim_use_clip=True, freeze_detector=False, mask_pooling=False, peak_prior=False)
+    sim_use_clip=True, freeze_detector=False, mask_pooling=False, peak_prior=False,
+    peak_prior_scale=PRIOR_SCALE)
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -462,12 +469,14 @@ class VITAModule(nn.Module):
                       mask_features.astype(mask_embed.dtype))
 
   @staticmethod
-  def peak_prior(coefficients: jax.Array, previous_masks: jax.Array) -> jax.Array:
+  def peak_prior(coefficients: jax.Array, previous_masks: jax.Array,
+                 scale: float = PRIOR_SCALE) -> jax.Array:
     """``peak_prior``: ``[L, B, Nv, 3]`` coefficients and the previous layer's ``[L, B, Nv, T, h,
-    w]`` mask logits → the additive prior of the same shape (per frame peaks)."""
+    w]`` mask logits → the additive prior of the same shape (per frame peaks, length scale
+    ``scale``)."""
     flat = previous_masks.reshape(-1, *previous_masks.shape[2:])
     prior = peak_log_prior(coefficients.reshape(-1, *coefficients.shape[2:]),
-                           peak_coordinates(flat), previous_masks.shape[-2:])
+                           peak_coordinates(flat), previous_masks.shape[-2:], scale)
     return prior.reshape(previous_masks.shape)
 
   def pooled_mask_embed(self, mask_embed: jax.Array, numerator: jax.Array,
@@ -538,7 +547,8 @@ class VITAModule(nn.Module):
         out["pred_masks"] = self.mask_logits(out["pred_mask_embed"], mask_features)
         if previous_masks is not None:
           out["pred_masks"] = out["pred_masks"] + self.peak_prior(
-              out["pred_peak_coefficients"], previous_masks).astype(out["pred_masks"].dtype)
+              out["pred_peak_coefficients"], previous_masks,
+              float(config_value(self.cfg, "peak_prior_scale"))).astype(out["pred_masks"].dtype)
       return out
 
     layers, previous = [], None

@@ -205,6 +205,7 @@ class Vita(ModelBundle):
       if int(self.inference.get(f"vita_{key}", 0)) > 0:
         vita_cfg[key] = int(self.inference[f"vita_{key}"])
     video_apply = self.module.clone(vita_cfg=ml_collections.FrozenConfigDict(vita_cfg)).apply
+    prior_scale = float(vita.config_value(vita_cfg, "peak_prior_scale"))
 
     def call(method, apply=apply):
       return jax.jit(lambda variables, *args: apply(variables, *args, method=method))
@@ -222,8 +223,8 @@ class Vita(ModelBundle):
       """``peak_prior``: the chunk's masks plus the prior centred on the previous layer's."""
       masks = masks_from_features(mask_embed, feats)
       previous = masks_from_features(previous_embed, feats)
-      return masks + vita.VITAModule.peak_prior(coefficients[None, None],
-                                                previous[None, None])[0, 0]
+      return masks + vita.VITAModule.peak_prior(coefficients[None, None], previous[None, None],
+                                                prior_scale)[0, 0]
 
     def pooled_embed(variables, mask_embed, numerator, denominator):
       return apply(variables, mask_embed, numerator, denominator,

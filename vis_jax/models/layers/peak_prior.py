@@ -10,8 +10,9 @@ log-prior on its next mask logits:
 
     prior(p) = (u_x·dx + u_y·dy) / σ₀ − softplus(v)·(dx² + dy²) / σ₀²,   (dx, dy) = p − peak,
 
-coordinates normalised to [0, 1] over the padded frame, ``σ₀ = 0.2`` (about twice an object's
-radius in the synthetic data). A query can so keep the object under its peak and drop a
+coordinates normalised to [0, 1] over the padded frame, σ₀ the prior's length scale (the
+configs' ``peak_prior_scale``; default ``PRIOR_SCALE = 0.2``, about twice an object's radius in
+the synthetic data). A query can so keep the object under its peak and drop a
 neighbour of the same class; with ``v → −∞`` and ``u = 0`` the prior vanishes.
 """
 
@@ -51,13 +52,15 @@ def peak_coordinates(mask_logits: jax.Array) -> jax.Array:
   return jnp.stack([xs[index % w], ys[index // w]], -1)
 
 
-def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, int]) -> jax.Array:
+def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, int],
+                   scale: float = PRIOR_SCALE) -> jax.Array:
   """The additive mask log-prior of the module docstring.
 
   Args:
     coefficients: ``[B, Q, 3]`` per query ``(u_x, u_y, v)``.
     peaks: ``[B, Q, *E, 2]`` (x, y) of the previous masks' peaks (``E = (T,)`` for clips).
     size: ``(H, W)`` of the mask grid.
+    scale: σ₀, in units of the (padded) frame's side.
 
   Returns:
     ``[B, Q, *E, H, W]`` float32.
@@ -66,7 +69,7 @@ def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, i
   extra = peaks.ndim - 3
   coefficients = coefficients.astype(jnp.float32).reshape(
       *coefficients.shape[:2], *([1] * extra), 1, 1, 3)
-  dx = (xs[None, :] - peaks[..., 0, None, None]) / PRIOR_SCALE   # [B, Q, *E, 1, W]
-  dy = (ys[:, None] - peaks[..., 1, None, None]) / PRIOR_SCALE   # [B, Q, *E, H, 1]
+  dx = (xs[None, :] - peaks[..., 0, None, None]) / scale   # [B, Q, *E, 1, W]
+  dy = (ys[:, None] - peaks[..., 1, None, None]) / scale   # [B, Q, *E, H, 1]
   linear = coefficients[..., 0] * dx + coefficients[..., 1] * dy
   return linear - jax.nn.softplus(coefficients[..., 2]) * (dx ** 2 + dy ** 2)
