@@ -470,7 +470,7 @@ class VITAModule(nn.Module):
 
   @staticmethod
   def peak_prior(coefficients: jax.Array, previous_masks: jax.Array,
-                 scale: float = PRIOR_SCALE) -> jax.Array:
+                 scale: float) -> jax.Array:
     """``peak_prior``: ``[L, B, Nv, 3]`` coefficients and the previous layer's ``[L, B, Nv, T, h,
     w]`` mask logits → the additive prior of the same shape (per frame peaks, length scale
     ``scale``)."""

@@ -53,14 +53,14 @@ def peak_coordinates(mask_logits: jax.Array) -> jax.Array:
 
 
 def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, int],
-                   scale: float = PRIOR_SCALE) -> jax.Array:
+                   scale: float) -> jax.Array:
   """The additive mask log-prior of the module docstring.
 
   Args:
     coefficients: ``[B, Q, 3]`` per query ``(u_x, u_y, v)``.
     peaks: ``[B, Q, *E, 2]`` (x, y) of the previous masks' peaks (``E = (T,)`` for clips).
     size: ``(H, W)`` of the mask grid.
-    scale: σ₀, in units of the (padded) frame's side.
+    scale: σ₀, in units of the (padded) frame's side (the configs' ``peak_prior_scale``).
 
   Returns:
     ``[B, Q, *E, H, W]`` float32.
