@@ -321,6 +321,10 @@ def validate(config: ConfigDict) -> ConfigDict:
     _fail("model.decoder.mask_piloting", "trains the decoder of model_name='mask2former' or "
           f"'mask2former_vis' (got {config.model_name!r}, whose training would not pilot); "
           "init_from ignores an export's pilot parameters, so leave it False here")
+  for key, section in (("model.decoder", decoder), ("model.vita", config.model.get("vita"))):
+    side = section.get("peak_prior_template", 0) if section is not None else 0
+    if side < 0 or side == 1:
+      _fail(f"{key}.peak_prior_template", f"must be 0 (no template) or >= 2, got {side}")
   if config.dtype not in ("float32", "bfloat16", "float16"):
     _fail("dtype", f"{config.dtype!r} is not float32, bfloat16 or float16")
   return config

@@ -80,6 +80,8 @@ def test_wrong_type_override_is_an_error():
     ("--config.data.sources.synthetic.kind=mp4", "data.sources.synthetic.kind"),
     ("--config.input.flip_prob=1.5", "input.flip_prob"),
     ("--config.model.decoder.mask_piloting=True", "model.decoder.mask_piloting"),
+    ("--config.model.decoder.peak_prior_template=1", "model.decoder.peak_prior_template"),
+    ("--config.model.vita.peak_prior_template=-2", "model.vita.peak_prior_template"),
 ])
 def test_validation_names_the_bad_key(override, key):
   config = _parse([f"--config={REPO}/configs/vita_synthetic.py", override])

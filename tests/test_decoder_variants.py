@@ -326,11 +326,12 @@ def test_video_piloted_queries_read_only_their_track():
   assert np.abs(run(shifted({1: (0.5, 1.0)})) - base).max() > 1e-3
 
 
-@pytest.mark.parametrize("frames, scale", [(0, 0.2), (2, 0.1)])
-def test_peak_prior_matches_numpy(inputs, frames, scale):
+@pytest.mark.parametrize("frames, scale, side", [(0, 0.2, 0), (2, 0.1, 3), (0, 0.15, 4)])
+def test_peak_prior_matches_numpy(inputs, frames, scale, side):
   """``decoder.peak_prior``: every prediction after the first adds the log-prior (length scale
-  ``peak_prior_scale``) centred on the previous prediction's arg-max cell (per frame for
-  clips); the first prediction is the plain ``mask_embed · F``."""
+  ``peak_prior_scale``, with a ``side × side`` shape template when ``side > 0``) centred on the
+  previous prediction's arg-max cell (per frame for clips); the first prediction is the plain
+  ``mask_embed · F``."""
   feats, mask_features = inputs
   cls = (mask2former.VideoMultiScaleMaskedTransformerDecoder if frames
          else mask2former.MultiScaleMaskedTransformerDecoder)
@@ -338,12 +339,13 @@ def test_peak_prior_matches_numpy(inputs, frames, scale):
     feats = [jnp.stack([f, f[::-1]], 1) for f in feats]
     mask_features = jnp.stack([mask_features, mask_features[::-1] * 0.5], 1)
   module = cls(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
-               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale)
+               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale,
+               peak_prior_template=side)
   params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
   head = params["peak_prior_head"]
   assert not np.any(np.asarray(head["kernel"]))
-  np.testing.assert_array_equal(np.asarray(head["bias"]), [0.0, 0.0, -2.0])
-  kernel = np.random.default_rng(7).normal(size=(C, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(head["bias"]), [0.0, 0.0, -2.0] + [0.0] * side ** 2)
+  kernel = np.random.default_rng(7).normal(size=(C, 3 + side ** 2)).astype(np.float32)
   params = dict(params, peak_prior_head={"kernel": jnp.asarray(kernel), "bias": head["bias"]})
   out = module.apply({"params": params}, feats, mask_features)
   sets = [*out["aux_outputs"], out]

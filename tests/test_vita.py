@@ -452,14 +452,16 @@ def test_peak_prior_matches_numpy(model, inference):
   """``peak_prior``: in training every decoder layer's masks after the first add the prior
   centred per frame on the previous layer's arg-max cells; at inference only the last layer is
   predicted, with the previous layer's embedding returned for the streaming path. A
-  non-default length scale (``peak_prior_scale``) reaches the prior."""
+  non-default length scale (``peak_prior_scale``) and a shape template (``peak_prior_template``)
+  reach the prior."""
   fq, pix, _, _ = inference
-  scale = 0.15
-  module = vita.VITAModule(small_cfg(peak_prior=True, peak_prior_scale=scale), num_classes=K,
-                           num_frame_queries=QF)
+  scale, side = 0.15, 3
+  module = vita.VITAModule(small_cfg(peak_prior=True, peak_prior_scale=scale,
+                                     peak_prior_template=side),
+                           num_classes=K, num_frame_queries=QF)
   template = module.init(jax.random.key(0), fq, pix, train=True)["params"]
   assert not np.any(np.asarray(template["peak_prior_head"]["kernel"]))
-  kernel = np.asarray(jax.random.normal(jax.random.key(12), (C, 3)))
+  kernel = np.asarray(jax.random.normal(jax.random.key(12), (C, 3 + side ** 2)))
   params = {"params": dict(model["params"]["params"], peak_prior_head={
       "kernel": kernel, "bias": template["peak_prior_head"]["bias"]})}
   feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),

@@ -130,13 +130,15 @@ def test_peak_prior_streams_as_the_whole_video(vita_setup):
   config = config.copy_and_resolve_references()
   config.unlock()
   config.model.vita.peak_prior = True
-  config.model.vita.peak_prior_scale = 0.1  # a non-default σ₀ reaches the streamed prior too
+  # A non-default σ₀ and a shape template reach the streamed prior too.
+  config.model.vita.peak_prior_scale = 0.1
+  config.model.vita.peak_prior_template = 2
   config.model.inference.length_bucket = 1
   config.model.inference.chunk_size = 2
   c = int(config.model.vita.hidden_dim)
-  kernel = np.asarray(jax.random.normal(jax.random.key(4), (c, 3)))
+  kernel = np.asarray(jax.random.normal(jax.random.key(4), (c, 7)))
   params = dict(params, vita=dict(params["vita"], peak_prior_head={
-      "kernel": kernel, "bias": np.array([0.0, 0.0, -2.0], np.float32)}))
+      "kernel": kernel, "bias": np.array([0.0, 0.0, -2.0, 0, 0, 0, 0], np.float32)}))
 
   bundle, chunks = _assert_paths_agree(config, params, model_state, video, "peak_prior_masks")
   assert len(chunks) == -(-video.length // 2)

@@ -245,6 +245,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       (zero kernel, so it starts as a weak radial prior): a query can keep the object under
       its peak and drop a same-class neighbour (``layers/peak_prior.py``). Not official.
     peak_prior_scale: the prior's length scale σ₀ (fraction of the padded frame's side).
+    peak_prior_template: side ``n`` of the prior's peak-relative shape template (``n × n``
+      Gaussian bumps weighted per query; 0 = none; ``layers/peak_prior.py``). Not official.
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -267,6 +269,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   fine_memory: bool = False
   peak_prior: bool = False
   peak_prior_scale: float = PRIOR_SCALE
+  peak_prior_template: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -309,7 +312,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                                         embedding_init=nn.initializers.normal(1.0), **dt)
       self.pilot_pos_embed = embed(1)
     if self.peak_prior:
-      self.peak_prior_head = peak_prior_head(**dt)
+      self.peak_prior_head = peak_prior_head(self.peak_prior_template, **dt)
     if self.mask_pooling:
       self.mask_pool_proj = nn.Dense(self.mask_dim, use_bias=False,
                                      kernel_init=nn.initializers.zeros, **dt)

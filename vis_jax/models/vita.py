@@ -71,6 +71,8 @@ Config (``cfg``, ``default_config()``; official values in brackets):
     ``pred_peak_coefficients``; ``vita_model`` applies the prior per frame chunk. Excludes
     ``mask_pooling``.
   peak_prior_scale: the prior's length scale σ₀ (fraction of the padded frame's side) [0.2].
+  peak_prior_template: side ``n`` of the prior's peak-relative shape template (``n × n``
+    Gaussian bumps weighted per query, ``layers/peak_prior.py``; 0 = none) [0].
 
 Official keys → parameters (``vis_jax/convert_vita.py``). ``Linear.weight [out, in]`` →
 ``kernel [in, out]`` (transpose); LayerNorm ``weight`` → ``scale``; MHA ``in_proj_weight [3C, C]``
@@ -142,7 +144,7 @@ _DEFAULTS = dict(
     dropout=0.0, kv_chunk=0, enc_window_chunk=0, mask_dim=256, pre_norm=False,
     enforce_input_proj=True, in_channels=None, deep_supervision=True, use_sim=True,
     sim_use_clip=True, freeze_detector=False, mask_pooling=False, peak_prior=False,
-    peak_prior_scale=PRIOR_SCALE)
+    peak_prior_scale=PRIOR_SCALE, peak_prior_template=0)
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -332,7 +334,9 @@ class VITAModule(nn.Module):
     self.mask_pool_proj = (nn.Dense(mask_dim, use_bias=False, kernel_init=nn.initializers.zeros,
                                     **dt)
                            if config_value(cfg, "mask_pooling") else None)
-    self.peak_prior_head = (peak_prior_head(**dt) if config_value(cfg, "peak_prior") else None)
+    self.peak_prior_head = (
+        peak_prior_head(int(config_value(cfg, "peak_prior_template")), **dt)
+        if config_value(cfg, "peak_prior") else None)
     if self.peak_prior_head is not None and self.mask_pool_proj is not None:
       raise ValueError("vita.peak_prior and vita.mask_pooling cannot be combined")
     if self.peak_prior_head is not None and int(cfg.dec_layers) < 2:
@@ -471,9 +475,9 @@ class VITAModule(nn.Module):
   @staticmethod
   def peak_prior(coefficients: jax.Array, previous_masks: jax.Array,
                  scale: float) -> jax.Array:
-    """``peak_prior``: ``[L, B, Nv, 3]`` coefficients and the previous layer's ``[L, B, Nv, T, h,
-    w]`` mask logits → the additive prior of the same shape (per frame peaks, length scale
-    ``scale``)."""
+    """``peak_prior``: ``[L, B, Nv, 3 + n²]`` coefficients and the previous layer's
+    ``[L, B, Nv, T, h, w]`` mask logits → the additive prior of the same shape (per frame peaks,
+    length scale ``scale``)."""
     flat = previous_masks.reshape(-1, *previous_masks.shape[2:])
     prior = peak_log_prior(coefficients.reshape(-1, *coefficients.shape[2:]),
                            peak_coordinates(flat), previous_masks.shape[-2:], scale)

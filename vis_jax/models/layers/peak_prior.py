@@ -14,6 +14,18 @@ coordinates normalised to [0, 1] over the padded frame, σ₀ the prior's length
 configs' ``peak_prior_scale``; default ``PRIOR_SCALE = 0.2``, about twice an object's radius in
 the synthetic data). A query can so keep the object under its peak and drop a
 neighbour of the same class; with ``v → −∞`` and ``u = 0`` the prior vanishes.
+
+A quadratic log-prior is an isotropic blob: it cannot follow a cross, a crescent or the edge
+between two touching objects. With a template of side ``n`` (the configs'
+``peak_prior_template``; 0 = none) the query also predicts ``n²`` weights ``a_ij`` of Gaussian
+bumps on an ``n × n`` grid spanning ``[−σ₀, σ₀]²`` around the peak (spacing
+``s = 2σ₀ / (n − 1)``, bump width ``s``), added to the prior:
+
+    template(p) = Σ_ij a_ij · exp(−((dy − o_i)² + (dx − o_j)²) / (2 s²)),   o_k = −σ₀ + k·s,
+
+a coarse, peak-relative shape the query paints (as SOLO's / CondInst's location-relative mask
+heads do with features). The bumps are separable, so the sum costs one ``n × n`` contraction
+per map; zero weights at the start leave the quadratic prior alone.
 """
 
 from __future__ import annotations
@@ -27,12 +39,27 @@ import jax.numpy as jnp
 PRIOR_SCALE = 0.2
 
 
-def peak_prior_head(**kwargs: Any) -> nn.Dense:
-  """The query → ``(u_x, u_y, v)`` head: zero kernel, bias ``(0, 0, −2)`` — no linear term and
-  a weak radial prior (softplus(−2) ≈ 0.13 per σ₀²) at the start."""
-  return nn.Dense(3, kernel_init=nn.initializers.zeros,
-                  bias_init=lambda key, shape, dtype: jnp.array([0.0, 0.0, -2.0], dtype),
-                  **kwargs)
+def peak_prior_head(template: int = 0, **kwargs: Any) -> nn.Dense:
+  """The query → ``(u_x, u_y, v, a_00 … a_(n−1)(n−1))`` head (``n = template``, row-major
+  weights): zero kernel, bias ``(0, 0, −2, 0, …)`` — no linear term, a weak radial prior
+  (softplus(−2) ≈ 0.13 per σ₀²) and no template at the start."""
+  if template < 0 or template == 1:
+    raise ValueError(f"peak prior template side must be 0 (none) or >= 2, got {template}")
+
+  def bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    return jnp.zeros(shape, dtype).at[2].set(-2.0)
+
+  return nn.Dense(3 + template * template, kernel_init=nn.initializers.zeros,
+                  bias_init=bias_init, **kwargs)
+
+
+def template_side(num_coefficients: int) -> int:
+  """``n`` of a head with ``3 + n²`` outputs (0: quadratic prior only)."""
+  side = round((num_coefficients - 3) ** 0.5)
+  if num_coefficients < 3 or side * side != num_coefficients - 3 or side == 1:
+    raise ValueError(f"peak prior coefficients must number 3 + n² (n = 0 or n >= 2), got "
+                     f"{num_coefficients}")
+  return side
 
 
 def cell_centres(size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
@@ -57,7 +84,8 @@ def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, i
   """The additive mask log-prior of the module docstring.
 
   Args:
-    coefficients: ``[B, Q, 3]`` per query ``(u_x, u_y, v)``.
+    coefficients: ``[B, Q, 3 + n²]`` per query ``(u_x, u_y, v)`` and the template's ``n × n``
+      weights (row-major: ``y`` offset, then ``x``).
     peaks: ``[B, Q, *E, 2]`` (x, y) of the previous masks' peaks (``E = (T,)`` for clips).
     size: ``(H, W)`` of the mask grid.
     scale: σ₀, in units of the (padded) frame's side (the configs' ``peak_prior_scale``).
@@ -65,11 +93,24 @@ def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, i
   Returns:
     ``[B, Q, *E, H, W]`` float32.
   """
+  side = template_side(coefficients.shape[-1])
   xs, ys = cell_centres(size)
   extra = peaks.ndim - 3
-  coefficients = coefficients.astype(jnp.float32).reshape(
-      *coefficients.shape[:2], *([1] * extra), 1, 1, 3)
+  coefficients = coefficients.astype(jnp.float32)
+  quadratic = coefficients[..., :3].reshape(*coefficients.shape[:2], *([1] * extra), 1, 1, 3)
   dx = (xs[None, :] - peaks[..., 0, None, None]) / scale   # [B, Q, *E, 1, W]
   dy = (ys[:, None] - peaks[..., 1, None, None]) / scale   # [B, Q, *E, H, 1]
-  linear = coefficients[..., 0] * dx + coefficients[..., 1] * dy
-  return linear - jax.nn.softplus(coefficients[..., 2]) * (dx ** 2 + dy ** 2)
+  linear = quadratic[..., 0] * dx + quadratic[..., 1] * dy
+  prior = linear - jax.nn.softplus(quadratic[..., 2]) * (dx ** 2 + dy ** 2)
+  if side:
+    # Offsets and width in units of σ₀ (dx, dy are already divided by it).
+    spacing = 2.0 / (side - 1)
+    offsets = -1.0 + spacing * jnp.arange(side, dtype=jnp.float32)
+    bumps = lambda d: jnp.exp(-0.5 * ((d[..., None] - offsets) / spacing) ** 2)
+    bumps_x = bumps(dx[..., 0, :])                          # [B, Q, *E, W, n]
+    bumps_y = bumps(dy[..., :, 0])                          # [B, Q, *E, H, n]
+    weights = jnp.broadcast_to(
+        coefficients[..., 3:].reshape(*coefficients.shape[:2], *([1] * extra), side, side),
+        (*bumps_x.shape[:-2], side, side))
+    prior = prior + jnp.einsum("...hi,...ij,...wj->...hw", bumps_y, weights, bumps_x)
+  return prior
