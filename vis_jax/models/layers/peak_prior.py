@@ -43,8 +43,7 @@ def peak_prior_head(template: int = 0, **kwargs: Any) -> nn.Dense:
   """The query → ``(u_x, u_y, v, a_00 … a_(n−1)(n−1))`` head (``n = template``, row-major
   weights): zero kernel, bias ``(0, 0, −2, 0, …)`` — no linear term, a weak radial prior
   (softplus(−2) ≈ 0.13 per σ₀²) and no template at the start."""
-  if template < 0 or template == 1:
-    raise ValueError(f"peak prior template side must be 0 (none) or >= 2, got {template}")
+  _check_side(template)
 
   def bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     return jnp.zeros(shape, dtype).at[2].set(-2.0)
@@ -53,12 +52,17 @@ def peak_prior_head(template: int = 0, **kwargs: Any) -> nn.Dense:
                   bias_init=bias_init, **kwargs)
 
 
+def _check_side(side: int) -> None:
+  if side < 0 or side == 1:
+    raise ValueError(f"peak prior template side must be 0 (none) or >= 2, got {side}")
+
+
 def template_side(num_coefficients: int) -> int:
   """``n`` of a head with ``3 + n²`` outputs (0: quadratic prior only)."""
-  side = round((num_coefficients - 3) ** 0.5)
-  if num_coefficients < 3 or side * side != num_coefficients - 3 or side == 1:
-    raise ValueError(f"peak prior coefficients must number 3 + n² (n = 0 or n >= 2), got "
-                     f"{num_coefficients}")
+  side = round(max(num_coefficients - 3, 0) ** 0.5)
+  if side * side != num_coefficients - 3:
+    raise ValueError(f"peak prior coefficients must number 3 + n², got {num_coefficients}")
+  _check_side(side)
   return side
 
 
