@@ -162,6 +162,7 @@ def base_config() -> ConfigDict:
       mask_loss_per_frame=True,     # False: VITA's one BCE/dice per instance over T*P points
       semantic_weight=0.0,          # dense per-pixel class loss (image model; not official)
       embedding_weight=0.0,         # instance-discriminative pixel embedding loss (same)
+      centre_offset_weight=0.0,     # centre votes of model.decoder.peak_prior_votes (same)
       mask_piloting_weight=1.0,     # mask-piloted queries (model.decoder.mask_piloting; same)
   ))
 
@@ -321,6 +322,19 @@ def validate(config: ConfigDict) -> ConfigDict:
     _fail("model.decoder.mask_piloting", "trains the decoder of model_name='mask2former' or "
           f"'mask2former_vis' (got {config.model_name!r}, whose training would not pilot); "
           "init_from ignores an export's pilot parameters, so leave it False here")
+  votes = decoder is not None and decoder.get("peak_prior_votes", False)
+  if votes and not decoder.get("peak_prior"):
+    _fail("model.decoder.peak_prior_votes", "needs model.decoder.peak_prior=True")
+  if config.loss.get("centre_offset_weight") and (
+      not votes or config.model_name not in ("mask2former", "mask2former_vis")):
+    _fail("loss.centre_offset_weight", "trains the centre votes of model_name='mask2former' or "
+          "'mask2former_vis' with model.decoder.peak_prior_votes=True (got "
+          f"{config.model_name!r}, peak_prior_votes={bool(votes)})")
+  vita_section = config.model.get("vita")
+  if vita_section is not None and vita_section.get("peak_prior_votes", False) and not (
+      votes and vita_section.get("peak_prior")):
+    _fail("model.vita.peak_prior_votes", "needs model.vita.peak_prior=True and the detector's "
+          "centre votes (model.decoder.peak_prior_votes=True)")
   for key, section in (("model.decoder", decoder), ("model.vita", config.model.get("vita"))):
     side = section.get("peak_prior_template", 0) if section is not None else 0
     if side < 0 or side == 1:

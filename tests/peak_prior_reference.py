@@ -27,3 +27,23 @@ def numpy_peak_prior(coefficients: np.ndarray, previous: np.ndarray,
       prior[index] += weight * np.exp(
           -((px - centre_x) ** 2 + (py - centre_y) ** 2) / (2 * spacing ** 2))
   return prior
+
+
+def numpy_vote_prior(weights: np.ndarray, offsets: np.ndarray, previous: np.ndarray,
+                     scale: float = 0.2) -> np.ndarray:
+  """Independent re-derivation of the centre-vote prior: ``weights [B, Q]`` (the raw ``w``),
+  ``offsets [B, *E, H, W, 2]``, ``previous [B, Q, *E, H, W]``; loops over every (query, frame)
+  map and every cell, comparing the cell's vote with the vote of the map's arg-max cell."""
+  h, w = previous.shape[-2:]
+  prior = np.zeros(previous.shape)
+  ys, xs = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+  for index in np.ndindex(*previous.shape[:-2]):
+    frame = (index[0], *index[2:])
+    row, col = np.unravel_index(np.argmax(previous[index]), (h, w))
+    peak_vote = np.array([xs[col], ys[row]]) + offsets[frame][row, col]
+    softplus = np.log1p(np.exp(weights[index[:2]]))
+    for y in range(h):
+      for x in range(w):
+        vote = np.array([xs[x], ys[y]]) + offsets[frame][y, x]
+        prior[index + (y, x)] = -softplus * np.sum((vote - peak_vote) ** 2) / scale ** 2
+  return prior

@@ -82,11 +82,28 @@ def test_wrong_type_override_is_an_error():
     ("--config.model.decoder.mask_piloting=True", "model.decoder.mask_piloting"),
     ("--config.model.decoder.peak_prior_template=1", "model.decoder.peak_prior_template"),
     ("--config.model.vita.peak_prior_template=-2", "model.vita.peak_prior_template"),
+    ("--config.loss.centre_offset_weight=10", "loss.centre_offset_weight"),
+    ("--config.model.vita.peak_prior_votes=True", "model.vita.peak_prior_votes"),
 ])
 def test_validation_names_the_bad_key(override, key):
   config = _parse([f"--config={REPO}/configs/vita_synthetic.py", override])
   with pytest.raises(common.ConfigError, match=f"config.{key}"):
     common.validate(config)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["--config.model.decoder.peak_prior_votes=True", "--config.model.decoder.peak_prior=False"],
+     "model.decoder.peak_prior_votes"),
+    (["--config.loss.centre_offset_weight=10"], "loss.centre_offset_weight"),
+])
+def test_centre_votes_validation(overrides, key):
+  """The votes need the peak prior, and their loss needs the votes; both together are valid."""
+  config = _parse([f"--config={REPO}/configs/m2f_vis_synthetic.py", *overrides])
+  with pytest.raises(common.ConfigError, match=f"config.{key}"):
+    common.validate(config)
+  common.validate(_parse([f"--config={REPO}/configs/m2f_vis_synthetic.py",
+                          "--config.model.decoder.peak_prior_votes=True",
+                          "--config.loss.centre_offset_weight=10"]))
 
 
 def test_bad_size_bucket_named():

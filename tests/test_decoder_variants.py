@@ -4,7 +4,8 @@
 layer's mask logits re-derived; the zero-initialised projection is the official decoder).
 ``decoder.query_anchors``: the initial prediction's Gaussian anchor log-prior.
 ``decoder.fine_memory``: the official decoder on the 1/16, 1/8 and 1/4 maps.
-``decoder.peak_prior``: the log-prior centred on each previous mask's arg-max cell.
+``decoder.peak_prior``: the log-prior centred on each previous mask's arg-max cell, and with
+``peak_prior_votes`` the centre-vote term compared with the arg-max cell's vote.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.peak_prior_reference import numpy_peak_prior
+from tests.peak_prior_reference import numpy_peak_prior, numpy_vote_prior
 from vis_jax.models import mask2former
 from vis_jax.models.layers import mask_pooling
 
@@ -367,3 +368,59 @@ def test_peak_prior_matches_numpy(inputs, frames, scale, side):
     assert np.abs(prior).max() > 1.0   # the prior is not negligible here
     np.testing.assert_allclose(np.asarray(sets[layer]["pred_masks"]),
                                plain_masks(normed) + prior, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("frames, scale", [(0, 0.2), (2, 0.1)])
+def test_peak_prior_votes_match_numpy(inputs, frames, scale):
+  """``decoder.peak_prior_votes``: ``centre_offsets`` is the zero-initialised dense head on the
+  mask features, and every prediction after the first adds, besides the peak prior, the vote
+  prior: ``−softplus(w)·|ν(p) − ν(peak)|²/σ₀²`` with ``ν = cell + offset``."""
+  feats, mask_features = inputs
+  cls = (mask2former.VideoMultiScaleMaskedTransformerDecoder if frames
+         else mask2former.MultiScaleMaskedTransformerDecoder)
+  if frames:
+    feats = [jnp.stack([f, f[::-1]], 1) for f in feats]
+    mask_features = jnp.stack([mask_features, mask_features[::-1] * 0.5], 1)
+  module = cls(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale,
+               peak_prior_votes=True)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  for name in ("centre_offset_head", "vote_prior_head"):
+    assert not np.any(np.asarray(params[name]["kernel"]))
+  assert not np.any(np.asarray(params["centre_offset_head"]["bias"]))
+  np.testing.assert_array_equal(np.asarray(params["vote_prior_head"]["bias"]), [-2.0])
+  rng = np.random.default_rng(11)
+  peak_kernel = rng.normal(size=(C, 3)).astype(np.float32)
+  vote_kernel = rng.normal(size=(C, 1)).astype(np.float32)
+  offset_kernel = rng.normal(size=(D, 2)).astype(np.float32) * 0.05
+  offset_bias = np.array([0.03, -0.02], np.float32)
+  params = dict(params,
+                peak_prior_head=dict(params["peak_prior_head"], kernel=jnp.asarray(peak_kernel)),
+                vote_prior_head={"kernel": jnp.asarray(vote_kernel), "bias": jnp.asarray([2.0])},
+                centre_offset_head={"kernel": jnp.asarray(offset_kernel),
+                                    "bias": jnp.asarray(offset_bias)})
+  out = module.apply({"params": params}, feats, mask_features)
+  f = np.asarray(mask_features, np.float64)
+  offsets = f @ offset_kernel + offset_bias                                  # [B, *E, H, W, 2]
+  np.testing.assert_allclose(np.asarray(out["centre_offsets"]), offsets, rtol=1e-4, atol=1e-5)
+  sets = [*out["aux_outputs"], out]
+  for layer in range(1, len(sets)):
+    normed = np.asarray(out["query_features"][layer - 1], np.float64)
+    embed = np.asarray(module.apply({"params": params}, out["query_features"][layer - 1],
+                                    method=lambda m, y: m.mask_embed(y)), np.float64)
+    previous = np.asarray(sets[layer - 1]["pred_masks"], np.float64)
+    peak = numpy_peak_prior(normed @ peak_kernel + [0.0, 0.0, -2.0], previous, scale)
+    votes = numpy_vote_prior((normed @ vote_kernel)[..., 0] + 2.0, offsets, previous, scale)
+    assert np.abs(votes).max() > 1.0   # the vote term is not negligible here
+    expected = np.einsum("bqd,b...d->bq...", embed, f) + peak + votes
+    np.testing.assert_allclose(np.asarray(sets[layer]["pred_masks"]), expected,
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_votes_need_the_peak_prior(inputs):
+  feats, mask_features = inputs
+  module = mask2former.MultiScaleMaskedTransformerDecoder(
+      num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
+      dec_layers=3, mask_dim=D, peak_prior_votes=True)
+  with pytest.raises(ValueError, match="peak_prior_votes needs peak_prior"):
+    module.init(jax.random.PRNGKey(1), feats, mask_features)

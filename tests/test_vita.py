@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.peak_prior_reference import numpy_peak_prior
+from tests.peak_prior_reference import numpy_peak_prior, numpy_vote_prior
 from vis_jax.convert_vita import vita_params_from_torch
 from vis_jax.losses import criterion, vita_losses
 from vis_jax.models import vita
@@ -488,6 +488,57 @@ def test_peak_prior_matches_numpy(model, inference):
   test = module.apply(params, fq, pix, train=False)
   assert test["aux_outputs"] == []
   check(plain({"pred_mask_embed": test["pred_prev_mask_embed"]}), test)
+
+
+def test_vote_prior_matches_numpy(model, inference):
+  """``peak_prior_votes``: every decoder layer's masks after the first add, besides the peak
+  prior, the vote prior on the frame detector's ``centre_offsets`` — the previous layer's peak
+  cell's vote against every cell's, per frame — in training and at inference; without the
+  offsets the module refuses."""
+  fq, pix, _, _ = inference
+  scale = 0.15
+  module = vita.VITAModule(small_cfg(peak_prior=True, peak_prior_scale=scale,
+                                     peak_prior_votes=True),
+                           num_classes=K, num_frame_queries=QF)
+  offsets = np.asarray(jax.random.normal(jax.random.key(13), (1, 8, 6, 7, 2))) * 0.1
+  with pytest.raises(ValueError, match="centre_offsets"):
+    module.init(jax.random.key(0), fq, pix, train=True)
+  template = module.init(jax.random.key(0), fq, pix, train=True, centre_offsets=offsets)
+  template = template["params"]
+  assert not np.any(np.asarray(template["vote_prior_head"]["kernel"]))
+  np.testing.assert_array_equal(np.asarray(template["vote_prior_head"]["bias"]), [-2.0])
+  peak_kernel = np.asarray(jax.random.normal(jax.random.key(14), (C, 3)))
+  vote_kernel = np.asarray(jax.random.normal(jax.random.key(15), (C, 1)))
+  params = {"params": dict(
+      model["params"]["params"],
+      peak_prior_head={"kernel": peak_kernel, "bias": template["peak_prior_head"]["bias"]},
+      vote_prior_head={"kernel": vote_kernel, "bias": np.array([2.0], np.float32)})}
+  feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),
+                                           method=vita.VITAModule.project_mask_features),
+                     np.float64)[0]                                       # [T, h, w, D]
+  plain = lambda layer: np.einsum(
+      "lqd,thwd->lqthw", np.asarray(layer["pred_mask_embed"], np.float64)[:, 0], feats)
+
+  def check(previous_masks, current):   # [L, Nv, T, h, w], one layer's outputs
+    peak = np.asarray(current["pred_peak_coefficients"], np.float64)[:, 0]
+    vote = np.asarray(current["pred_vote_coefficients"], np.float64)[:, 0, :, 0]
+    prior = np.stack([numpy_peak_prior(c[None], m[None], scale)[0]
+                      + numpy_vote_prior(v[None], offsets, m[None], scale)[0]
+                      for c, v, m in zip(peak, vote, previous_masks, strict=True)])
+    np.testing.assert_allclose(np.asarray(current["pred_masks"])[:, 0], plain(current) + prior,
+                               rtol=1e-4, atol=1e-3)
+
+  out = module.apply(params, fq, pix, train=True, centre_offsets=offsets)
+  layers = [*out["aux_outputs"], out]
+  for previous, current in zip(layers[:-1], layers[1:], strict=True):
+    check(np.asarray(previous["pred_masks"], np.float64)[:, 0], current)
+  test = module.apply(params, fq, pix, train=False, centre_offsets=offsets)
+  check(plain({"pred_mask_embed": test["pred_prev_mask_embed"]}), test)
+  # The vote term is not vacuous here.
+  votes = numpy_vote_prior(np.asarray(test["pred_vote_coefficients"], np.float64)[0, :, :, 0],
+                           offsets, plain({"pred_mask_embed": test["pred_prev_mask_embed"]}),
+                           scale)
+  assert np.abs(votes).max() > 1.0
 
 
 def test_shift_in_training_uses_the_inference_schedule(model, inference):

@@ -41,9 +41,14 @@ from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
 from vis_jax.models.layers.peak_prior import (
     PRIOR_SCALE,
+    centre_offset_head,
+    centre_votes,
     peak_coordinates,
+    peak_index,
     peak_log_prior,
     peak_prior_head,
+    vote_log_prior,
+    vote_prior_head,
 )
 from vis_jax.models.layers.position import sine_position_2d, sine_position_3d
 from vis_jax.models.pixel_decoder import c2_xavier_init, layer_norm, resize_bilinear
@@ -247,6 +252,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     peak_prior_scale: the prior's length scale σ₀ (fraction of the padded frame's side).
     peak_prior_template: side ``n`` of the prior's peak-relative shape template (``n × n``
       Gaussian bumps weighted per query; 0 = none; ``layers/peak_prior.py``). Not official.
+    peak_prior_votes: with ``peak_prior``, a dense head on the mask features
+      (``centre_offset_head``) predicts each cell's offset to its instance's centre
+      (``centre_offsets [B, *S, 2]`` in the output, trained by ``loss.centre_offset_weight``) and
+      the prior also pushes down cells voting for another centre than the peak's
+      (``layers/peak_prior.py``). Not official.
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -270,6 +280,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   peak_prior: bool = False
   peak_prior_scale: float = PRIOR_SCALE
   peak_prior_template: int = 0
+  peak_prior_votes: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -313,6 +324,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       self.pilot_pos_embed = embed(1)
     if self.peak_prior:
       self.peak_prior_head = peak_prior_head(self.peak_prior_template, **dt)
+    if self.peak_prior_votes:
+      if not self.peak_prior:
+        raise ValueError("peak_prior_votes needs peak_prior")
+      self.centre_offset_head = centre_offset_head(**dt)
+      self.vote_prior_head = vote_prior_head(**dt)
     if self.mask_pooling:
       self.mask_pool_proj = nn.Dense(self.mask_dim, use_bias=False,
                                      kernel_init=nn.initializers.zeros, **dt)
@@ -362,7 +378,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   def prediction_heads(self, output: jax.Array, mask_features: jax.Array,
                        target_size: Sequence[int], frame_valid: jax.Array | None = None,
                        previous_masks: jax.Array | None = None,
-                       mask_prior: jax.Array | None = None
+                       mask_prior: jax.Array | None = None,
+                       votes: jax.Array | None = None
                        ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Shared heads on ``decoder_norm(output)`` (official ``forward_prediction_heads``).
 
@@ -374,6 +391,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       previous_masks: ``[B, Q, *S]`` the previous prediction's mask logits (``mask_pooling``,
         ``peak_prior``; None for the first prediction).
       mask_prior: optional additive mask logits broadcastable to ``[B, Q, *S]``.
+      votes: ``peak_prior_votes``: ``[B, *S, 2]`` ``centre_votes`` of the cells.
 
     Returns:
       ``(class logits [B, Q, K+1], mask logits [B, Q, *S], attention mask [B, Q, N_next]
@@ -393,6 +411,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       if previous_masks is not None:
         prior = peak_log_prior(coefficients, peak_coordinates(previous_masks), masks.shape[-2:],
                                self.peak_prior_scale)
+        if votes is not None:
+          prior = prior + vote_log_prior(self.vote_prior_head(normed), votes,
+                                         peak_index(previous_masks), self.peak_prior_scale)
         masks = masks + prior.astype(masks.dtype)
     allowed = attention_mask_from_logits(masks, target_size, frame_valid=frame_valid)
     return logits, masks, allowed, normed
@@ -448,6 +469,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     output = jnp.broadcast_to(self.query_feat_embed.embedding[None], (b, q, c)).astype(self.dtype)
     positions = [p.astype(self.dtype) for p in positions]
     prior = self.anchor_prior(mask_features) if self.query_anchors else None
+    offsets = votes = None
+    if self.peak_prior_votes:
+      offsets = self.centre_offset_head(mask_features).astype(jnp.float32)   # [B, *S, 2]
+      votes = centre_votes(offsets)
     self_mask = None
     if self.mask_piloting and pilot is None and self.is_initializing():
       # Training calls pass ``pilot``; init (without one) must still create its parameters.
@@ -483,7 +508,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     def heads(output, level, previous=None, mask_prior=None):
       logits, masks, allowed, normed = self.prediction_heads(
-          output, mask_features, level_sizes[level], frame_valid, previous, mask_prior)
+          output, mask_features, level_sizes[level], frame_valid, previous, mask_prior, votes)
       if pilot is not None:
         allowed = jnp.concatenate([allowed[:, :q], pilot_allowed[level]], 1)
       return logits, masks, allowed, normed
@@ -509,6 +534,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         "query_features": jnp.stack(query_features) if query_features else
                           jnp.zeros((0, b, q, c), self.dtype),
     }
+    if offsets is not None:
+      result["centre_offsets"] = offsets
     if pilot is not None:
       result["pilot_outputs"] = [{"pred_logits": lg[:, q:], "pred_masks": mk[:, q:]}
                                  for lg, mk in zip(all_logits, all_masks, strict=True)]
@@ -531,7 +558,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       ``aux_outputs``: list of ``L`` dicts with the same two keys — the prediction from the
         learnable queries, then layers ``1 .. L-1`` (official order);
       ``query_features``: ``[L, B, Q, C]``, ``decoder_norm`` of the output of every layer
-        (not the initial queries) — what the heads see, and what VITA consumes (spec §3.2).
+        (not the initial queries) — what the heads see, and what VITA consumes (spec §3.2);
+      ``centre_offsets``: ``[B, H, W, 2]`` with ``peak_prior_votes``.
     """
     memories, positions, sizes = [], [], []
     for level, x in enumerate(self.memory_levels(multi_scale_features, mask_features)):

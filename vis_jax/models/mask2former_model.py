@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from configs.common import ConfigDict
-from vis_jax.losses import criterion, discriminative, semantic
+from vis_jax.losses import centre_offsets, criterion, discriminative, semantic
 from vis_jax.models import backbones
 from vis_jax.models.backbones import FEATURE_STRIDES, PIXEL_MEAN, PIXEL_STD, STEM_STRIDE
 from vis_jax.models.base import Batch, Metrics, ModelBundle
@@ -72,7 +72,7 @@ def default_config() -> ConfigDict:
           pre_norm=False, enforce_input_proj=False, mask_pooling=False, query_anchors=False,
           mask_piloting=False, pilot_label_noise=0.0, pilot_point_noise=0.0,
           fine_memory=False, peak_prior=False, peak_prior_scale=PRIOR_SCALE,
-          peak_prior_template=0)),
+          peak_prior_template=0, peak_prior_votes=False)),
       remat_backbone=False,
       remat_decoder_layers=False,
       # A linear per-pixel class head on the mask features, trained by loss.semantic_weight
@@ -279,7 +279,9 @@ class Mask2FormerImage(ModelBundle):
   ``SetCriterion`` (``config.loss``), its Hungarian matcher run per device (``batch_axes``),
   plus ``loss.semantic_weight`` times the dense class loss of ``losses/semantic.py`` (needs
   ``model.semantic_head``), ``loss.embedding_weight`` times the pixel embedding loss of
-  ``losses/discriminative.py`` (needs ``model.embedding_dim``) and ``loss.mask_piloting_weight``
+  ``losses/discriminative.py`` (needs ``model.embedding_dim``), ``loss.centre_offset_weight``
+  times the centre-offset loss of ``losses/centre_offsets.py`` (needs
+  ``model.decoder.peak_prior_votes``) and ``loss.mask_piloting_weight``
   times the mask-piloted queries' losses (``model.decoder.mask_piloting``,
   ``criterion.piloted_criterion``).
   """
@@ -293,6 +295,7 @@ class Mask2FormerImage(ModelBundle):
     self.loss_cfg = criterion_config(config)
     self.semantic_weight = float(config.loss.get("semantic_weight", 0.0))
     self.embedding_weight = float(config.loss.get("embedding_weight", 0.0))
+    self.centre_offset_weight = float(config.loss.get("centre_offset_weight", 0.0))
     self.mask_piloting = bool(config.model.decoder.get("mask_piloting", False))
     self.mask_piloting_weight = float(config.loss.get("mask_piloting_weight", 1.0))
 
@@ -334,5 +337,10 @@ class Mask2FormerImage(ModelBundle):
       metrics.update({f"loss_embedding_{k}": v for k, v in parts.items()})
       metrics["loss_embedding"] = embedding_loss
       total = total + self.embedding_weight * embedding_loss
+    if self.centre_offset_weight:
+      metrics["loss_centre_offset"] = centre_offsets.centre_offset_loss(
+          outputs["centre_offsets"], targets["masks"][:, :, 0], targets["instance_valid"],
+          batch["image_valid"])
+      total = total + self.centre_offset_weight * metrics["loss_centre_offset"]
     metrics["loss_total"] = total
     return total, metrics

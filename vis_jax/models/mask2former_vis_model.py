@@ -57,7 +57,7 @@ from pycocotools import mask as mask_util
 from configs.common import ConfigDict
 from input_pipeline import eval_source
 from vis_jax.inference import clip_linker, postprocess
-from vis_jax.losses import criterion
+from vis_jax.losses import centre_offsets, criterion
 from vis_jax.models.base import Batch, Metrics, ModelBundle
 from vis_jax.models.mask2former import VideoMultiScaleMaskedTransformerDecoder
 from vis_jax.models.mask2former_model import Mask2FormerModel, criterion_config
@@ -174,6 +174,7 @@ class Mask2FormerVIS(ModelBundle):
     self.label_from_last_frame = bool(config.loss.get("label_from_last_frame", False))
     self.mask_piloting = bool(config.model.decoder.get("mask_piloting", False))
     self.mask_piloting_weight = float(config.loss.get("mask_piloting_weight", 1.0))
+    self.centre_offset_weight = float(config.loss.get("centre_offset_weight", 0.0))
     self.inference = config.model.get("inference", default_inference_config())
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
@@ -201,6 +202,14 @@ class Mask2FormerVIS(ModelBundle):
       total, metrics = criterion.add_piloted_losses(
           total, metrics, [_fp32_set(o) for o in outputs["pilot_outputs"]], targets,
           criterion_key, self.loss_cfg, self.mask_piloting_weight)
+    if self.centre_offset_weight:
+      # The frame detector's centre votes (model.decoder.peak_prior_votes) keep their own loss
+      # while the detector is fine-tuned on clips.
+      metrics["loss_centre_offset"] = centre_offsets.clip_centre_offset_loss(
+          outputs["centre_offsets"], batch["masks"], batch["present"], batch["instance_valid"],
+          batch["image_valid"])
+      total = total + self.centre_offset_weight * metrics["loss_centre_offset"]
+      metrics["loss_total"] = total
     return total, metrics
 
   # ---- inference ------------------------------------------------------------------------------

@@ -73,6 +73,10 @@ Config (``cfg``, ``default_config()``; official values in brackets):
   peak_prior_scale: the prior's length scale σ₀ (fraction of the padded frame's side) [0.2].
   peak_prior_template: side ``n`` of the prior's peak-relative shape template (``n × n``
     Gaussian bumps weighted per query, ``layers/peak_prior.py``; 0 = none) [0].
+  peak_prior_votes: not official [False]: with ``peak_prior``, the prior also pushes down the
+    cells whose centre vote (the frame detector's ``centre_offsets``, its
+    ``decoder.peak_prior_votes``) differs from the peak cell's (``layers/peak_prior.py``);
+    coefficients ``pred_vote_coefficients`` from ``vote_prior_head``.
 
 Official keys → parameters (``vis_jax/convert_vita.py``). ``Linear.weight [out, in]`` →
 ``kernel [in, out]`` (transpose); LayerNorm ``weight`` → ``scale``; MHA ``in_proj_weight [3C, C]``
@@ -114,9 +118,13 @@ from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
 from vis_jax.models.layers.peak_prior import (
     PRIOR_SCALE,
+    centre_votes,
     peak_coordinates,
+    peak_index,
     peak_log_prior,
     peak_prior_head,
+    vote_log_prior,
+    vote_prior_head,
 )
 from vis_jax.models.layers.window_attention import (  # noqa: F401  (re-exported)
     KEY_BLOCKED,
@@ -144,7 +152,7 @@ _DEFAULTS = dict(
     dropout=0.0, kv_chunk=0, enc_window_chunk=0, mask_dim=256, pre_norm=False,
     enforce_input_proj=True, in_channels=None, deep_supervision=True, use_sim=True,
     sim_use_clip=True, freeze_detector=False, mask_pooling=False, peak_prior=False,
-    peak_prior_scale=PRIOR_SCALE, peak_prior_template=0)
+    peak_prior_scale=PRIOR_SCALE, peak_prior_template=0, peak_prior_votes=False)
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -337,6 +345,10 @@ class VITAModule(nn.Module):
     self.peak_prior_head = (
         peak_prior_head(int(config_value(cfg, "peak_prior_template")), **dt)
         if config_value(cfg, "peak_prior") else None)
+    self.vote_prior_head = (vote_prior_head(**dt) if config_value(cfg, "peak_prior_votes")
+                            else None)
+    if self.vote_prior_head is not None and self.peak_prior_head is None:
+      raise ValueError("vita.peak_prior_votes needs vita.peak_prior")
     if self.peak_prior_head is not None and self.mask_pool_proj is not None:
       raise ValueError("vita.peak_prior and vita.mask_pooling cannot be combined")
     if self.peak_prior_head is not None and int(cfg.dec_layers) < 2:
@@ -483,6 +495,19 @@ class VITAModule(nn.Module):
                            peak_coordinates(flat), previous_masks.shape[-2:], scale)
     return prior.reshape(previous_masks.shape)
 
+  @staticmethod
+  def vote_prior(coefficients: jax.Array, previous_masks: jax.Array, votes: jax.Array,
+                 scale: float) -> jax.Array:
+    """``peak_prior_votes``: ``[L, B, Nv, 1]`` coefficients, the previous layer's ``[L, B, Nv,
+    T, h, w]`` mask logits and the frames' ``[B, T, h, w, 2]`` ``centre_votes`` → the additive
+    vote prior of the masks' shape."""
+    n_l = previous_masks.shape[0]
+    flat = previous_masks.reshape(-1, *previous_masks.shape[2:])
+    prior = vote_log_prior(coefficients.reshape(-1, *coefficients.shape[2:]),
+                           jnp.tile(votes, (n_l,) + (1,) * (votes.ndim - 1)),
+                           peak_index(flat), scale)
+    return prior.reshape(previous_masks.shape)
+
   def pooled_mask_embed(self, mask_embed: jax.Array, numerator: jax.Array,
                         denominator: jax.Array) -> jax.Array:
     """``mask_pooling``: ``mask_embed [..., D]`` plus ``mask_pool_proj`` of the mask features
@@ -492,7 +517,8 @@ class VITAModule(nn.Module):
 
   def __call__(self, frame_queries: jax.Array, pixel_features: jax.Array | None = None, *,
                train: bool = False, frame_valid: jax.Array | None = None,
-               query_slots: jax.Array | None = None) -> dict[str, Any]:
+               query_slots: jax.Array | None = None,
+               centre_offsets: jax.Array | None = None) -> dict[str, Any]:
     """Video-level predictions.
 
     Args:
@@ -506,6 +532,8 @@ class VITAModule(nn.Module):
       query_slots: int ``[B, T, Qk]`` with ``frame_queries [.., Qk, C_in]``, ``Qk ≤ Qf``: the
         detector slot of every kept frame query (token pruning, paper Table 6; the slot
         selects the ``fq_pos`` key embedding), or None (all ``Qf`` slots in order).
+      centre_offsets: ``[B, T, h, w, 2]`` the frame detector's centre offsets (needed with
+        ``peak_prior_votes`` when ``pixel_features`` is given).
 
     Returns:
       ``pred_logits [L, B, Nv, K+1]``, ``pred_mask_embed [L, B, Nv, mask_dim]``,
@@ -535,6 +563,13 @@ class VITAModule(nn.Module):
     mask_features = (None if pixel_features is None
                      else self.project_mask_features(pixel_features))
     nv = int(self.cfg.num_object_queries)
+    scale = float(config_value(self.cfg, "peak_prior_scale"))
+    votes = None
+    if self.vote_prior_head is not None and mask_features is not None:
+      if centre_offsets is None:
+        raise ValueError("vita.peak_prior_votes needs the frame detector's centre_offsets "
+                         "(model.decoder.peak_prior_votes)")
+      votes = centre_votes(centre_offsets)
 
     def heads(h, previous_masks=None):
       per = lambda a: a.reshape(n_l, b, nv, a.shape[-1])
@@ -543,6 +578,8 @@ class VITAModule(nn.Module):
         out["pred_cq_embed"] = per(self.sim_embed_clip(h))
       if self.peak_prior_head is not None:
         out["pred_peak_coefficients"] = per(self.peak_prior_head(h))
+      if self.vote_prior_head is not None:
+        out["pred_vote_coefficients"] = per(self.vote_prior_head(h))
       if mask_features is not None:
         if self.mask_pool_proj is not None:
           first = self.mask_logits(out["pred_mask_embed"], mask_features)
@@ -550,9 +587,11 @@ class VITAModule(nn.Module):
           out["pred_mask_embed"] = self.pooled_mask_embed(out["pred_mask_embed"], *sums)
         out["pred_masks"] = self.mask_logits(out["pred_mask_embed"], mask_features)
         if previous_masks is not None:
-          out["pred_masks"] = out["pred_masks"] + self.peak_prior(
-              out["pred_peak_coefficients"], previous_masks,
-              float(config_value(self.cfg, "peak_prior_scale"))).astype(out["pred_masks"].dtype)
+          prior = self.peak_prior(out["pred_peak_coefficients"], previous_masks, scale)
+          if votes is not None:
+            prior = prior + self.vote_prior(out["pred_vote_coefficients"], previous_masks,
+                                            votes, scale)
+          out["pred_masks"] = out["pred_masks"] + prior.astype(out["pred_masks"].dtype)
       return out
 
     layers, previous = [], None

@@ -48,6 +48,7 @@ from vis_jax.losses import vita_losses
 from vis_jax.models import vita
 from vis_jax.models.base import Batch, Metrics, ModelBundle
 from vis_jax.models.layers.mask_pooling import mask_pool_sums
+from vis_jax.models.layers.peak_prior import centre_votes
 from vis_jax.models.mask2former_model import (
   Mask2FormerModel,
   as_single_frame_clips,
@@ -128,23 +129,34 @@ class VitaModel(nn.Module):
     queries = queries.reshape(n_layers, b, t, *queries.shape[2:])
     pixels = out["pre_mask_features"]
     pixels = pixels.reshape(b, t, *pixels.shape[1:])
-    return out, self.vita(queries, pixels, train=train)
+    offsets = out.get("centre_offsets")
+    if offsets is not None:
+      offsets = offsets.reshape(b, t, *offsets.shape[1:])
+    return out, self.vita(queries, pixels, train=train, centre_offsets=offsets)
 
   # ---- inference pieces (each jitted separately by the bundle) ------------------------------
 
   def frame_queries(self, frames: jax.Array, valid: jax.Array
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``[n, H, W, 3]`` → (last-layer frame queries ``[n, Qf, C]``, VITA mask features
-    ``[n, h, w, D]``, the detector's no-object probabilities ``[n, Qf]``)."""
+                    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array | None], jax.Array]:
+    """``[n, H, W, 3]`` → (last-layer frame queries ``[n, Qf, C]``, (VITA mask features
+    ``[n, h, w, D]``, the detector's ``centre_offsets [n, h, w, 2]`` or None), the detector's
+    no-object probabilities ``[n, Qf]``)."""
     out = self.detector(frames, valid)
     no_object = jax.nn.softmax(out["pred_logits"].astype(jnp.float32), axis=-1)[..., -1]
-    return (out["query_features"][-1], self.vita.project_mask_features(out["pre_mask_features"]),
-            no_object)
+    features = (self.vita.project_mask_features(out["pre_mask_features"]),
+                out.get("centre_offsets"))
+    return out["query_features"][-1], features, no_object
 
-  def mask_features(self, frames: jax.Array, valid: jax.Array) -> jax.Array:
-    """Backbone + pixel decoder only → VITA mask features ``[n, h, w, D]``."""
+  def mask_features(self, frames: jax.Array, valid: jax.Array
+                    ) -> tuple[jax.Array, jax.Array | None]:
+    """Backbone + pixel decoder only → (VITA mask features ``[n, h, w, D]``, the detector's
+    ``centre_offsets [n, h, w, 2]`` — its decoder's dense head — or None)."""
     pix = self.detector.pixel_features(frames, valid)
-    return self.vita.project_mask_features(pix["pre_mask_features"])
+    offsets = None
+    if self.detector.decoder_config.get("peak_prior_votes", False):
+      offsets = self.detector.predictor.centre_offset_head(pix["mask_features"])
+      offsets = offsets.astype(jnp.float32)
+    return self.vita.project_mask_features(pix["pre_mask_features"]), offsets
 
   def video_predictions(self, queries: jax.Array, frame_valid: jax.Array,
                         query_slots: jax.Array | None = None) -> dict[str, Any]:
@@ -210,21 +222,28 @@ class Vita(ModelBundle):
     def call(method, apply=apply):
       return jax.jit(lambda variables, *args: apply(variables, *args, method=method))
 
-    def masks_from_features(mask_embed, feats):
+    def masks_from_features(mask_embed, features):
+      feats = features[0]
       return jnp.einsum("kd,thwd->kthw", mask_embed, feats.astype(mask_embed.dtype))
 
-    def pool_sums(mask_embed, feats, num_valid):
+    def pool_sums(mask_embed, features, num_valid):
+      feats = features[0]
       frame_valid = jnp.arange(feats.shape[0]) < num_valid
-      sums = mask_pool_sums(masks_from_features(mask_embed, feats)[None], feats[None],
+      sums = mask_pool_sums(masks_from_features(mask_embed, features)[None], feats[None],
                             frame_valid[None])
       return tuple(x[0] for x in sums)
 
-    def peak_prior_masks(mask_embed, previous_embed, coefficients, feats):
-      """``peak_prior``: the chunk's masks plus the prior centred on the previous layer's."""
-      masks = masks_from_features(mask_embed, feats)
-      previous = masks_from_features(previous_embed, feats)
-      return masks + vita.VITAModule.peak_prior(coefficients[None, None], previous[None, None],
-                                                prior_scale)[0, 0]
+    def peak_prior_masks(mask_embed, previous_embed, coefficients, vote_coefficients, features):
+      """``peak_prior``: the chunk's masks plus the prior centred on the previous layer's (and
+      with ``peak_prior_votes`` the vote prior on the chunk's centre offsets)."""
+      masks = masks_from_features(mask_embed, features)
+      previous = masks_from_features(previous_embed, features)[None, None]
+      prior = vita.VITAModule.peak_prior(coefficients[None, None], previous, prior_scale)
+      if vote_coefficients is not None:
+        votes = centre_votes(features[1])[None]                            # [1, t, h, w, 2]
+        prior = prior + vita.VITAModule.vote_prior(vote_coefficients[None, None], previous,
+                                                   votes, prior_scale)
+      return masks + prior[0, 0]
 
     def pooled_embed(variables, mask_embed, numerator, denominator):
       return apply(variables, mask_embed, numerator, denominator,
@@ -251,14 +270,14 @@ class Vita(ModelBundle):
     ratio = float(cfg.get("token_keep_ratio", 1.0))
     queries, slots, kept_features = [], [], []
     for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True):
-      q, feats, no_object = fns["frame_queries"](variables, part.images, valid)
+      q, features, no_object = fns["frame_queries"](variables, part.images, valid)
       q = np.asarray(q[:part.num_valid], np.float32)
       if ratio < 1.0:
         q, s = prune_frame_queries(q, np.asarray(no_object[:part.num_valid]), ratio)
         slots.append(s)
       queries.append(q)
       if keep:
-        kept_features.append(feats)
+        kept_features.append(features)
     queries = np.concatenate(queries)
     t = queries.shape[0]
     bucket = max(int(cfg.length_bucket), 1)
@@ -276,10 +295,11 @@ class Vita(ModelBundle):
     mask_embed = jnp.asarray(out["pred_mask_embed"][0, 0])[query_index]
 
     def feature_chunks():
-      """(VITA mask features of a chunk, its real frames): kept, or recomputed per pass."""
+      """((VITA mask features, centre offsets or None) of a chunk, its real frames): kept, or
+      recomputed per pass."""
       if keep:
-        for index, feats in enumerate(kept_features):
-          yield feats, min(chunk, t - index * chunk)
+        for index, features in enumerate(kept_features):
+          yield features, min(chunk, t - index * chunk)
       else:
         for part in eval_source.iter_frame_chunks(video, chunk, pad_last=True):
           yield fns["mask_features"](variables, part.images, valid), part.num_valid
@@ -288,8 +308,8 @@ class Vita(ModelBundle):
       # First pass: pool the features under the first-pass masks of every frame.
       numerator = jnp.zeros(mask_embed.shape, jnp.float32)
       denominator = jnp.zeros(mask_embed.shape[:1], jnp.float32)
-      for feats, num_valid in feature_chunks():
-        num, den = fns["pool_sums"](mask_embed, feats, num_valid)
+      for features, num_valid in feature_chunks():
+        num, den = fns["pool_sums"](mask_embed, features, num_valid)
         numerator, denominator = numerator + num, denominator + den
       mask_embed = fns["pooled_embed"](variables, mask_embed, numerator, denominator)
     stream = postprocess.StreamingMasks(len(scores), video.padded_size, video.resized_size,
@@ -297,12 +317,15 @@ class Vita(ModelBundle):
     if "pred_prev_mask_embed" in out:
       previous_embed = jnp.asarray(out["pred_prev_mask_embed"][0, 0])[query_index]
       coefficients = jnp.asarray(out["pred_peak_coefficients"][0, 0])[query_index]
-      chunk_masks = lambda feats: fns["peak_prior_masks"](mask_embed, previous_embed,
-                                                          coefficients, feats)
+      vote_coefficients = None
+      if "pred_vote_coefficients" in out:
+        vote_coefficients = jnp.asarray(out["pred_vote_coefficients"][0, 0])[query_index]
+      chunk_masks = lambda features: fns["peak_prior_masks"](
+          mask_embed, previous_embed, coefficients, vote_coefficients, features)
     else:
-      chunk_masks = lambda feats: fns["masks_from_features"](mask_embed, feats)
-    for feats, num_valid in feature_chunks():
-      stream.add_chunk(chunk_masks(feats), num_valid)
+      chunk_masks = lambda features: fns["masks_from_features"](mask_embed, features)
+    for features, num_valid in feature_chunks():
+      stream.add_chunk(chunk_masks(features), num_valid)
     final = np.asarray(scores, np.float64) * stream.mask_scores()
     return [{"score": float(s), "label": int(label), "segmentations": rles}
             for s, label, rles in zip(final, labels, stream.rles, strict=True)]

@@ -26,6 +26,20 @@ bumps on an ``n × n`` grid spanning ``[−σ₀, σ₀]²`` around the peak (sp
 a coarse, peak-relative shape the query paints (as SOLO's / CondInst's location-relative mask
 heads do with features). The bumps are separable, so the sum costs one ``n × n`` contraction
 per map; zero weights at the start leave the quadratic prior alone.
+
+Both draw a query towards the *place* of its peak, and a same-class neighbour touching it is
+still close. With centre votes (the configs' ``peak_prior_votes``; Panoptic-DeepLab's centre
+offsets, Cheng et al. 2020) a dense head on the mask features predicts at every cell ``p`` the
+offset ``o(p)`` to the centre of mass of the instance covering it (trained by
+``losses/centre_offsets.py``), and the query adds
+
+    vote_prior(p) = −softplus(w) · |ν(p) − ν(peak)|² / σ₀²,   ν(p) = p + o(p),
+
+``w`` from its own zero-kernel head (``vote_prior_head``): cells of the peak's instance vote
+for the peak's centre and keep their logits, cells of a neighbour vote for another centre and
+are pushed down however close they are. The votes carry no gradient into the prior (the offset
+head learns from its own loss only), and with zero offsets — the head's initialisation — ``ν``
+is the cell itself and the term is one more radial prior.
 """
 
 from __future__ import annotations
@@ -73,14 +87,65 @@ def cell_centres(size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
           (jnp.arange(h, dtype=jnp.float32) + 0.5) / h)
 
 
+def peak_index(mask_logits: jax.Array) -> jax.Array:
+  """``[...]`` row-major flat index of each ``[..., H, W]`` map's arg-max cell (the first one
+  on ties), without gradient."""
+  h, w = mask_logits.shape[-2:]
+  flat = jax.lax.stop_gradient(mask_logits).reshape(*mask_logits.shape[:-2], h * w)
+  return jnp.argmax(flat, axis=-1)
+
+
 def peak_coordinates(mask_logits: jax.Array) -> jax.Array:
   """``[..., 2]`` normalised (x, y) centre of each ``[..., H, W]`` map's arg-max cell (the
   first one on ties, row-major), without gradient."""
   h, w = mask_logits.shape[-2:]
-  flat = jax.lax.stop_gradient(mask_logits).reshape(*mask_logits.shape[:-2], h * w)
-  index = jnp.argmax(flat, axis=-1)
+  index = peak_index(mask_logits)
   xs, ys = cell_centres((h, w))
   return jnp.stack([xs[index % w], ys[index // w]], -1)
+
+
+def centre_offset_head(**kwargs: Any) -> nn.Dense:
+  """Mask features → ``(o_x, o_y)``, each cell's offset to its instance's centre of mass
+  (normalised frame units); zero-initialised, so every cell first votes for itself."""
+  return nn.Dense(2, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                  **kwargs)
+
+
+def vote_prior_head(**kwargs: Any) -> nn.Dense:
+  """The query → ``w`` head of the vote prior: zero kernel, bias −2 (as ``v``'s)."""
+  return nn.Dense(1, kernel_init=nn.initializers.zeros,
+                  bias_init=nn.initializers.constant(-2.0), **kwargs)
+
+
+def centre_votes(offsets: jax.Array) -> jax.Array:
+  """``[..., H, W, 2]`` offsets → the (x, y) centres the cells vote for, ``ν(p) = p + o(p)``,
+  float32 and without gradient."""
+  xs, ys = cell_centres(offsets.shape[-3:-1])
+  cells = jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), -1)
+  return cells + jax.lax.stop_gradient(offsets).astype(jnp.float32)
+
+
+def vote_log_prior(coefficient: jax.Array, votes: jax.Array, peaks: jax.Array,
+                   scale: float) -> jax.Array:
+  """The vote prior of the module docstring.
+
+  Args:
+    coefficient: ``[B, Q, 1]`` per query ``w``.
+    votes: ``[B, *E, H, W, 2]`` ``centre_votes`` of the frames (``E = (T,)`` for clips).
+    peaks: ``[B, Q, *E]`` int ``peak_index`` of the query's previous masks.
+    scale: σ₀ (as ``peak_log_prior``).
+
+  Returns:
+    ``[B, Q, *E, H, W]`` float32.
+  """
+  b, q = peaks.shape[:2]
+  h, w = votes.shape[-3:-1]
+  flat = votes.reshape(b, 1, -1, h * w, 2)                               # [B, 1, ΠE, HW, 2]
+  index = peaks.reshape(b, q, -1, 1, 1)                                  # [B, Q, ΠE, 1, 1]
+  at_peak = jnp.take_along_axis(flat, index, axis=-2)                    # [B, Q, ΠE, 1, 2]
+  distance2 = jnp.sum(jnp.square(flat - at_peak), -1) / scale ** 2       # [B, Q, ΠE, HW]
+  weight = jax.nn.softplus(coefficient.astype(jnp.float32)).reshape(b, q, 1, 1)
+  return (-weight * distance2).reshape(b, q, *peaks.shape[2:], h, w)
 
 
 def peak_log_prior(coefficients: jax.Array, peaks: jax.Array, size: tuple[int, int],
