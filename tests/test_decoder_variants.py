@@ -327,12 +327,9 @@ def test_video_piloted_queries_read_only_their_track():
   assert np.abs(run(shifted({1: (0.5, 1.0)})) - base).max() > 1e-3
 
 
-@pytest.mark.parametrize("frames, scale, side", [(0, 0.2, 0), (2, 0.1, 3), (0, 0.15, 4)])
-def test_peak_prior_matches_numpy(inputs, frames, scale, side):
-  """``decoder.peak_prior``: every prediction after the first adds the log-prior (length scale
-  ``peak_prior_scale``, with a ``side × side`` shape template when ``side > 0``) centred on the
-  previous prediction's arg-max cell (per frame for clips); the first prediction is the plain
-  ``mask_embed · F``."""
+def _peak_prior_case(inputs, frames, scale, **switches):
+  """(memory levels, mask features, peak-prior decoder): the image decoder, or with
+  ``frames`` the 3-D decoder on a two-frame clip (the second frame flipped and scaled)."""
   feats, mask_features = inputs
   cls = (mask2former.VideoMultiScaleMaskedTransformerDecoder if frames
          else mask2former.MultiScaleMaskedTransformerDecoder)
@@ -340,8 +337,18 @@ def test_peak_prior_matches_numpy(inputs, frames, scale, side):
     feats = [jnp.stack([f, f[::-1]], 1) for f in feats]
     mask_features = jnp.stack([mask_features, mask_features[::-1] * 0.5], 1)
   module = cls(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
-               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale,
-               peak_prior_template=side)
+               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale, **switches)
+  return feats, mask_features, module
+
+
+@pytest.mark.parametrize("frames, scale, side", [(0, 0.2, 0), (2, 0.1, 3), (0, 0.15, 4)])
+def test_peak_prior_matches_numpy(inputs, frames, scale, side):
+  """``decoder.peak_prior``: every prediction after the first adds the log-prior (length scale
+  ``peak_prior_scale``, with a ``side × side`` shape template when ``side > 0``) centred on the
+  previous prediction's arg-max cell (per frame for clips); the first prediction is the plain
+  ``mask_embed · F``."""
+  feats, mask_features, module = _peak_prior_case(inputs, frames, scale,
+                                                  peak_prior_template=side)
   params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
   head = params["peak_prior_head"]
   assert not np.any(np.asarray(head["kernel"]))
@@ -375,15 +382,7 @@ def test_peak_prior_votes_match_numpy(inputs, frames, scale):
   """``decoder.peak_prior_votes``: ``centre_offsets`` is the zero-initialised dense head on the
   mask features, and every prediction after the first adds, besides the peak prior, the vote
   prior: ``−softplus(w)·|ν(p) − ν(peak)|²/σ₀²`` with ``ν = cell + offset``."""
-  feats, mask_features = inputs
-  cls = (mask2former.VideoMultiScaleMaskedTransformerDecoder if frames
-         else mask2former.MultiScaleMaskedTransformerDecoder)
-  if frames:
-    feats = [jnp.stack([f, f[::-1]], 1) for f in feats]
-    mask_features = jnp.stack([mask_features, mask_features[::-1] * 0.5], 1)
-  module = cls(num_classes=3, hidden_dim=C, num_queries=Q, num_heads=2, dim_feedforward=32,
-               dec_layers=3, mask_dim=D, peak_prior=True, peak_prior_scale=scale,
-               peak_prior_votes=True)
+  feats, mask_features, module = _peak_prior_case(inputs, frames, scale, peak_prior_votes=True)
   params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
   for name in ("centre_offset_head", "vote_prior_head"):
     assert not np.any(np.asarray(params[name]["kernel"]))

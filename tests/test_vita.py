@@ -448,6 +448,16 @@ def test_mask_pooling_matches_numpy(model, inference):
   assert np.abs(embed - first).max() > 1e-2
 
 
+def _plain_masks(model, pix):
+  """layer outputs → ``mask_embed · F`` ``[L, Nv, T, h, w]`` (float64) on the projected
+  ``[1, T, h, w, C_conv]`` pixel features ``pix``, without any prior."""
+  feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),
+                                           method=vita.VITAModule.project_mask_features),
+                     np.float64)[0]                                       # [T, h, w, D]
+  return lambda layer: np.einsum(
+      "lqd,thwd->lqthw", np.asarray(layer["pred_mask_embed"], np.float64)[:, 0], feats)
+
+
 def test_peak_prior_matches_numpy(model, inference):
   """``peak_prior``: in training every decoder layer's masks after the first add the prior
   centred per frame on the previous layer's arg-max cells; at inference only the last layer is
@@ -464,11 +474,7 @@ def test_peak_prior_matches_numpy(model, inference):
   kernel = np.asarray(jax.random.normal(jax.random.key(12), (C, 3 + side ** 2)))
   params = {"params": dict(model["params"]["params"], peak_prior_head={
       "kernel": kernel, "bias": template["peak_prior_head"]["bias"]})}
-  feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),
-                                           method=vita.VITAModule.project_mask_features),
-                     np.float64)[0]                                       # [T, h, w, D]
-  plain = lambda layer: np.einsum(
-      "lqd,thwd->lqthw", np.asarray(layer["pred_mask_embed"], np.float64)[:, 0], feats)
+  plain = _plain_masks(model, pix)
 
   def check(previous_masks, current):   # [L, Nv, T, h, w], one layer's outputs
     coefficients = np.asarray(current["pred_peak_coefficients"], np.float64)[:, 0]
@@ -513,11 +519,7 @@ def test_vote_prior_matches_numpy(model, inference):
       model["params"]["params"],
       peak_prior_head={"kernel": peak_kernel, "bias": template["peak_prior_head"]["bias"]},
       vote_prior_head={"kernel": vote_kernel, "bias": np.array([2.0], np.float32)})}
-  feats = np.asarray(model["module"].apply(model["params"], jnp.asarray(pix),
-                                           method=vita.VITAModule.project_mask_features),
-                     np.float64)[0]                                       # [T, h, w, D]
-  plain = lambda layer: np.einsum(
-      "lqd,thwd->lqthw", np.asarray(layer["pred_mask_embed"], np.float64)[:, 0], feats)
+  plain = _plain_masks(model, pix)
 
   def check(previous_masks, current):   # [L, Nv, T, h, w], one layer's outputs
     peak = np.asarray(current["pred_peak_coefficients"], np.float64)[:, 0]
