@@ -191,3 +191,60 @@ def test_probe_fit_matches_scipy_logistic_regression():
       return np.mean(np.logaddexp(0, z) - z * t) + feature_probe.L2 * np.sum(w[:-1] ** 2)
     w = optimize.minimize(objective, np.zeros(4), method="L-BFGS-B", tol=1e-12).x
     np.testing.assert_allclose(got[row].reshape(-1), x @ w, atol=0.05 * (1 + np.abs(x @ w).max()))
+
+
+def test_vote_statistics_hand_computed():
+  """A 1 × 8 strip: instance A covers cells 0–5 (centre x = 3/8), B cells 6–7 (7/8). Cell 5
+  (x = 11/16) is nearer B's centre, so by position alone A is 5/6 pure; votes exactly at the
+  centres are pure and error-free, and zero offsets are off by the cells' mean distance."""
+  cover = np.zeros((2, 1, 8))
+  cover[0, 0, :6] = 1.0
+  cover[1, 0, 6:] = 1.0
+  xs = (np.arange(8) + 0.5) / 8
+  exact = np.zeros((1, 8, 2))
+  exact[0, :, 0] = np.where(np.arange(8) < 6, 3 / 8, 7 / 8) - xs
+  error, purity, position = detector_report.vote_statistics(exact, cover)
+  np.testing.assert_allclose(error, [0.0, 0.0], atol=1e-12)
+  np.testing.assert_array_equal(purity, [1.0, 1.0])
+  np.testing.assert_allclose(position, [5 / 6, 1.0])
+  error, purity, _ = detector_report.vote_statistics(np.zeros((1, 8, 2)), cover)
+  np.testing.assert_allclose(error, [1.125 / 6, 1 / 16])
+  np.testing.assert_allclose(purity, [5 / 6, 1.0])
+  # One instance: no purity; an instance covering no cell by more than half: NaN.
+  error, purity, _ = detector_report.vote_statistics(np.zeros((1, 8, 2)), cover[:1] * 0.4)
+  assert np.isnan(error).all() and np.isnan(purity).all()
+
+
+def test_centre_votes_of_exact_and_silent_offsets(config):
+  """Offsets that point every cell at its majority instance's grid centre: error 0, purity 1;
+  zero offsets: purity = position purity < 1 on crowded frames."""
+  stride = 4
+
+  def votes(exact):
+    def frame_votes(video, index):
+      h, w = video.original_size
+      tracks = [t for t in video.tracks if t.segmentations[index] is not None]
+      gt = np.stack([decode_segmentation(t.segmentations[index], h, w) for t in tracks]
+                    ) if tracks else np.zeros((0, h, w), bool)
+      cover = (detector_report.ceiling_grid(gt, video, stride) + 1) / 2
+      grid_h, grid_w = cover.shape[1:]
+      offsets = np.zeros((grid_h, grid_w, 2))
+      if exact and len(cover):
+        xs, ys = (np.arange(grid_w) + 0.5) / grid_w, (np.arange(grid_h) + 0.5) / grid_h
+        cells = np.stack(np.broadcast_arrays(xs[None, :], ys[:, None]), -1)
+        centres = np.einsum("ghw,hwc->gc", cover, cells) / cover.sum((1, 2))[:, None]
+        owner = cover.argmax(0)
+        offsets = np.where((cover.max(0) > 0.5)[..., None], centres[owner] - cells, 0.0)
+      return offsets
+    return frame_votes
+
+  right = detector_report.report(config, _oracle(stride), every=5, frame_votes=votes(True))
+  silent = detector_report.report(config, _oracle(stride), every=5, frame_votes=votes(False))
+  assert "centre_votes" not in detector_report.report(config, _oracle(stride), every=5)
+  exact, zero = right["centre_votes"], silent["centre_votes"]
+  assert exact["vote_error"] < 1e-9 and exact["vote_purity"] == 1.0
+  assert exact["count"] == zero["count"] > 0
+  assert zero["vote_purity"] == zero["position_purity"] == exact["position_purity"] < 1.0
+  assert zero["vote_error"] > 0.01
+  split = exact["same_class_neighbour"]
+  assert split["count"] <= exact["count"] and split["vote_purity"] == 1.0

@@ -33,6 +33,15 @@ override it to study resolution). The JSON report (printed, and written to ``--o
   IoU over those frames), each split by a same-class neighbour in the frame / video. Far above
   ``best_query_iou``, it says the features separate the instances and the decoder's queries do
   not find the embedding that does.
+* ``centre_votes`` (detectors with ``model.decoder.peak_prior_votes``): how well the cells of the
+  output grid vote for their instance's centre. Per instance-frame, over the cells it covers
+  by more than half (ground truth area-averaged to the grid; its centre the cover-weighted mean
+  of the cell centres): ``vote_error`` — mean distance of the votes ``cell + offset`` from that
+  centre, in units of the padded frame's side; ``vote_purity`` — the fraction of its cells
+  whose vote is nearer its own centre than any other annotated instance's of the frame (frames
+  with two or more instances), against ``position_purity``, the same for the cells themselves
+  (what the peak prior's distance alone can tell apart); each also for the instances with a
+  same-class neighbour (``same_class_neighbour``).
 
 For a VITA workdir the detector's parameters are those under ``detector``.
 """
@@ -199,6 +208,65 @@ def detector_features(config: Any, params: Any, model_state: Any) -> FeatureFunc
       forward(variables, _frame(video, index))["mask_features"][0], np.float32)
 
 
+def detector_votes(config: Any, params: Any, model_state: Any) -> FeatureFunction | None:
+  """The trained detector's centre offsets ``[h, w, 2]`` (backbone, pixel decoder and the
+  decoder's offset head), or None without ``model.decoder.peak_prior_votes``."""
+  if not config.model.decoder.get("peak_prior_votes", False):
+    return None
+  module, variables = _detector(config, params, model_state)
+
+  def offsets(m: Mask2FormerModel, x: jax.Array) -> jax.Array:
+    return m.predictor.centre_offset_head(m.pixel_features(x)["mask_features"])
+
+  forward = jax.jit(lambda v, x: module.apply(v, x, method=offsets))
+  return lambda video, index: np.asarray(forward(variables, _frame(video, index))[0], np.float32)
+
+
+def vote_statistics(offsets: np.ndarray, cover: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per instance ``(vote error, vote purity, position purity)`` (``centre_votes`` in the module
+  docstring) from ``offsets [h, w, 2]`` and the instances' area fractions ``cover [g, h, w]`` on
+  the grid; NaN where an instance covers no cell by more than half (and purity NaN when
+  ``g < 2``)."""
+  h, w = offsets.shape[:2]
+  xs, ys = (np.arange(w) + 0.5) / w, (np.arange(h) + 0.5) / h
+  cells = np.stack(np.broadcast_arrays(xs[None, :], ys[:, None]), -1)         # [h, w, 2]
+  weight = cover.sum((1, 2))
+  centres = np.einsum("ghw,hwc->gc", cover, cells) / np.maximum(weight, 1e-9)[:, None]
+  votes = cells + offsets
+  g = len(cover)
+  error, purity, position = (np.full(g, np.nan) for _ in range(3))
+
+  def nearest(points: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(points[:, None] - centres[None], axis=-1).argmin(1)
+
+  for k in range(g):
+    inside = cover[k] > 0.5
+    if not inside.any():
+      continue
+    error[k] = np.linalg.norm(votes[inside] - centres[k], axis=-1).mean()
+    if g >= 2:
+      purity[k] = np.mean(nearest(votes[inside]) == k)
+      position[k] = np.mean(nearest(cells[inside]) == k)
+  return error, purity, position
+
+
+def _vote_summary(stats: list[tuple[float, float, float, bool]]) -> dict[str, Any]:
+  """``centre_votes`` of the module docstring from per instance-frame ``(error, purity,
+  position purity, has a same-class neighbour)``."""
+  rows = np.array(stats, np.float64).reshape(-1, 4)
+
+  def purity(select: np.ndarray) -> dict[str, Any]:
+    chosen = rows[select & ~np.isnan(rows[:, 1])]
+    return {"count": len(chosen),
+            "vote_purity": float(chosen[:, 1].mean()) if len(chosen) else float("nan"),
+            "position_purity": float(chosen[:, 2].mean()) if len(chosen) else float("nan")}
+
+  errors = rows[~np.isnan(rows[:, 0]), 0]
+  return {"vote_error": float(errors.mean()) if len(errors) else float("nan"),
+          **purity(np.ones(len(rows), bool)), "same_class_neighbour": purity(rows[:, 3] > 0)}
+
+
 def _grid_logits(logits: np.ndarray, video: EvalVideo, stride: int) -> np.ndarray:
   """``[g, n, h', w']`` logits on the valid part of the grid → ``[g, n, h, w]`` on the whole
   (padded) output grid, padding at -10 (empty)."""
@@ -267,10 +335,11 @@ class _Probe:
 
 
 def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: int = 10,
-           max_videos: int | None = None, frame_features: FeatureFunction | None = None
-           ) -> dict[str, Any]:
+           max_videos: int | None = None, frame_features: FeatureFunction | None = None,
+           frame_votes: FeatureFunction | None = None) -> dict[str, Any]:
   """Scores ``predict_frame`` on every ``every``-th frame of the evaluation videos; see the
-  module docstring for the returned fields (``linear_probe`` with ``frame_features``)."""
+  module docstring for the returned fields (``linear_probe`` with ``frame_features``,
+  ``centre_votes`` with ``frame_votes``, the centre offsets on the output grid)."""
   if every < 1 or top_k < 1:
     raise ValueError(f"--every and --top-k must be >= 1 (got {every}, {top_k})")
   stride = int(config.model.pixel_decoder.common_stride)
@@ -284,6 +353,7 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
   flags: dict[str, list[bool]] = {"merged": [], "same_class_neighbour": [], "small": []}
   start = time.perf_counter()
   probe = _Probe(stride) if frame_features is not None else None
+  votes: list[tuple[float, float, float, bool]] = []
   for video in videos:
     height, width = video.original_size
     probe_tracks = [t for t in video.tracks if not t.iscrowd]
@@ -322,8 +392,13 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
         classes = logits[:, :-1].argmax(-1)
         best_correct.extend((classes[best] == [t.label for t in tracks]).tolist())
         ceiling.extend(np.diag(_ious(ceiling_masks(gt, video, stride), gt)).tolist())
-        for name, f in failure_flags(masks[best], gt, [t.label for t in tracks]).items():
+        frame_flags = failure_flags(masks[best], gt, [t.label for t in tracks])
+        for name, f in frame_flags.items():
           flags[name].extend(f.tolist())
+        if frame_votes is not None:
+          cover = (ceiling_grid(gt, video, stride) + 1.0) / 2.0       # padding: 0
+          votes.extend(zip(*vote_statistics(frame_votes(video, index), cover),
+                           frame_flags["same_class_neighbour"], strict=True))
     if probe is not None:
       probe.add_video(video, probe_features, probe_gts, [t.label for t in probe_tracks])
 
@@ -344,6 +419,7 @@ def report(config: Any, predict_frame: FramePredictor, every: int = 3, top_k: in
       "resolution_ceiling_iou": float(np.mean(ceiling)) if ceiling else float("nan"),
       "failure_breakdown": _breakdown(best_iou, flags),
       **({"linear_probe": probe.summary()} if probe is not None else {}),
+      **({"centre_votes": _vote_summary(votes)} if frame_votes is not None else {}),
       "seconds": round(time.perf_counter() - start, 2),
   }
 
@@ -370,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      overrides)
     features = detector_features(config, params, model_state) if args.probe else None
     result = report(config, detector_predictor(config, params, model_state), args.every,
-                    args.top_k, args.max_videos, features)
+                    args.top_k, args.max_videos, features,
+                    detector_votes(config, params, model_state))
   except (predict.PredictError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
