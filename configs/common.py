@@ -325,6 +325,10 @@ def validate(config: ConfigDict) -> ConfigDict:
   votes = decoder is not None and decoder.get("peak_prior_votes", False)
   if votes and not decoder.get("peak_prior"):
     _fail("model.decoder.peak_prior_votes", "needs model.decoder.peak_prior=True")
+  width = decoder.get("centre_offset_width", 0) if decoder is not None else 0
+  if width < 0 or (width and not votes):
+    _fail("model.decoder.centre_offset_width", f"must be 0 or, with "
+          f"model.decoder.peak_prior_votes=True, > 0 (got {width}, votes={bool(votes)})")
   if config.loss.get("centre_offset_weight") and (
       not votes or config.model_name not in ("mask2former", "mask2former_vis")):
     _fail("loss.centre_offset_weight", "trains the centre votes of model_name='mask2former' or "

@@ -84,6 +84,7 @@ def test_wrong_type_override_is_an_error():
     ("--config.model.vita.peak_prior_template=-2", "model.vita.peak_prior_template"),
     ("--config.loss.centre_offset_weight=10", "loss.centre_offset_weight"),
     ("--config.model.vita.peak_prior_votes=True", "model.vita.peak_prior_votes"),
+    ("--config.model.decoder.centre_offset_width=32", "model.decoder.centre_offset_width"),
 ])
 def test_validation_names_the_bad_key(override, key):
   config = _parse([f"--config={REPO}/configs/vita_synthetic.py", override])

@@ -423,3 +423,36 @@ def test_votes_need_the_peak_prior(inputs):
       dec_layers=3, mask_dim=D, peak_prior_votes=True)
   with pytest.raises(ValueError, match="peak_prior_votes needs peak_prior"):
     module.init(jax.random.PRNGKey(1), feats, mask_features)
+
+
+def _numpy_conv3x3_relu(x, kernel, bias):
+  """``[..., H, W, Cin]`` → ``[..., H, W, Cout]``: zero-padded 3 × 3 cross-correlation
+  (``kernel [3, 3, Cin, Cout]``), bias, ReLU — written out window by window."""
+  h, w = x.shape[-3:-1]
+  padded = np.pad(x, [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)])
+  out = np.zeros((*x.shape[:-1], kernel.shape[-1]))
+  for dy in range(3):
+    for dx in range(3):
+      out += padded[..., dy:dy + h, dx:dx + w, :] @ kernel[dy, dx]
+  return np.maximum(out + bias, 0.0)
+
+
+@pytest.mark.parametrize("frames", [0, 2])
+def test_centre_offset_tower_matches_numpy(inputs, frames):
+  """``decoder.centre_offset_width``: the offsets are the head on two zero-padded 3 × 3
+  conv + ReLU layers of the mask features (per frame for clips)."""
+  feats, mask_features, module = _peak_prior_case(inputs, frames, 0.2, peak_prior_votes=True,
+                                                  centre_offset_width=4)
+  params = module.init(jax.random.PRNGKey(1), feats, mask_features)["params"]
+  rng = np.random.default_rng(3)
+  head = {"kernel": rng.normal(size=(4, 2)).astype(np.float32), "bias": np.float32([0.1, -0.2])}
+  params = dict(params, centre_offset_head=head)
+  out = module.apply({"params": params}, feats, mask_features)
+  x = np.asarray(mask_features, np.float64)
+  for i in range(2):
+    conv = params["centre_offset_tower"][f"conv_{i}"]
+    x = _numpy_conv3x3_relu(x, np.asarray(conv["kernel"], np.float64),
+                            np.asarray(conv["bias"], np.float64))
+  assert np.abs(x).max() > 0.1   # the tower passes something on
+  np.testing.assert_allclose(np.asarray(out["centre_offsets"]),
+                             x @ head["kernel"] + head["bias"], rtol=1e-4, atol=1e-4)

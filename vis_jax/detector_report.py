@@ -216,7 +216,7 @@ def detector_votes(config: Any, params: Any, model_state: Any) -> FeatureFunctio
   module, variables = _detector(config, params, model_state)
 
   def offsets(m: Mask2FormerModel, x: jax.Array) -> jax.Array:
-    return m.predictor.centre_offset_head(m.pixel_features(x)["mask_features"])
+    return m.predictor.centre_offsets(m.pixel_features(x)["mask_features"])
 
   forward = jax.jit(lambda v, x: module.apply(v, x, method=offsets))
   return lambda video, index: np.asarray(forward(variables, _frame(video, index))[0], np.float32)

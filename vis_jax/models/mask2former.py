@@ -41,6 +41,7 @@ from vis_jax.models.layers.mask_pooling import mask_pool_sums, pooled_mean
 from vis_jax.models.layers.mlp import MLP, torch_linear, torch_linear_bias_init
 from vis_jax.models.layers.peak_prior import (
     PRIOR_SCALE,
+    CentreOffsetTower,
     centre_offset_head,
     centre_votes,
     peak_coordinates,
@@ -257,6 +258,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       (``centre_offsets [B, *S, 2]`` in the output, trained by ``loss.centre_offset_weight``) and
       the prior also pushes down cells voting for another centre than the peak's
       (``layers/peak_prior.py``). Not official.
+    centre_offset_width: with ``peak_prior_votes``, the channels of a ``CentreOffsetTower``
+      (two ``3 × 3`` convolutions) before the offset head; 0 = the linear head alone.
     dtype, param_dtype: compute / parameter dtypes.
   """
   num_classes: int
@@ -281,6 +284,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
   peak_prior_scale: float = PRIOR_SCALE
   peak_prior_template: int = 0
   peak_prior_votes: bool = False
+  centre_offset_width: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -328,6 +332,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
       if not self.peak_prior:
         raise ValueError("peak_prior_votes needs peak_prior")
       self.centre_offset_head = centre_offset_head(**dt)
+      self.centre_offset_tower = (CentreOffsetTower(self.centre_offset_width, **dt)
+                                  if self.centre_offset_width else None)
       self.vote_prior_head = vote_prior_head(**dt)
     if self.mask_pooling:
       self.mask_pool_proj = nn.Dense(self.mask_dim, use_bias=False,
@@ -360,6 +366,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     if self.fine_memory:
       levels = levels[1:] + [mask_features]
     return levels
+
+  def centre_offsets(self, mask_features: jax.Array) -> jax.Array:
+    """``peak_prior_votes``: ``[..., H, W, D]`` mask features → float32 offsets
+    ``[..., H, W, 2]`` of the cells to their instances' centres."""
+    if self.centre_offset_tower is not None:
+      mask_features = self.centre_offset_tower(mask_features)
+    return self.centre_offset_head(mask_features).astype(jnp.float32)
 
   def anchor_prior(self, mask_features: jax.Array) -> jax.Array:
     """``query_anchors`` log-prior ``[1, Q, *S]`` (1 for each axis of ``S`` before ``H, W``) on
@@ -471,7 +484,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     prior = self.anchor_prior(mask_features) if self.query_anchors else None
     offsets = votes = None
     if self.peak_prior_votes:
-      offsets = self.centre_offset_head(mask_features).astype(jnp.float32)   # [B, *S, 2]
+      offsets = self.centre_offsets(mask_features)                          # [B, *S, 2]
       votes = centre_votes(offsets)
     self_mask = None
     if self.mask_piloting and pilot is None and self.is_initializing():

@@ -72,7 +72,8 @@ def default_config() -> ConfigDict:
           pre_norm=False, enforce_input_proj=False, mask_pooling=False, query_anchors=False,
           mask_piloting=False, pilot_label_noise=0.0, pilot_point_noise=0.0,
           fine_memory=False, peak_prior=False, peak_prior_scale=PRIOR_SCALE,
-          peak_prior_template=0, peak_prior_votes=False)),
+          peak_prior_template=0, peak_prior_votes=False,
+          centre_offset_width=0)),
       remat_backbone=False,
       remat_decoder_layers=False,
       # A linear per-pixel class head on the mask features, trained by loss.semantic_weight

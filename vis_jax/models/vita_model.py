@@ -154,8 +154,7 @@ class VitaModel(nn.Module):
     pix = self.detector.pixel_features(frames, valid)
     offsets = None
     if self.detector.decoder_config.get("peak_prior_votes", False):
-      offsets = self.detector.predictor.centre_offset_head(pix["mask_features"])
-      offsets = offsets.astype(jnp.float32)
+      offsets = self.detector.predictor.centre_offsets(pix["mask_features"])
     return self.vita.project_mask_features(pix["pre_mask_features"]), offsets
 
   def video_predictions(self, queries: jax.Array, frame_valid: jax.Array,

@@ -105,10 +105,28 @@ def peak_coordinates(mask_logits: jax.Array) -> jax.Array:
 
 
 def centre_offset_head(**kwargs: Any) -> nn.Dense:
-  """Mask features → ``(o_x, o_y)``, each cell's offset to its instance's centre of mass
-  (normalised frame units); zero-initialised, so every cell first votes for itself."""
+  """Mask features (or the ``CentreOffsetTower``'s output) → ``(o_x, o_y)``, each cell's
+  offset to its instance's centre of mass (normalised frame units); zero-initialised, so every
+  cell first votes for itself."""
   return nn.Dense(2, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
                   **kwargs)
+
+
+class CentreOffsetTower(nn.Module):
+  """Two ``3 × 3`` convolutions (``width`` channels, ReLU, zero padding) on ``[..., H, W, D]``
+  mask features before ``centre_offset_head`` (Panoptic-DeepLab's offset head is a small conv
+  tower too): a cell's offset depends on where the instance's extent lies around it, which a
+  per-cell linear read-out of the mask features has to find in one vector."""
+  width: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(2):
+      x = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", dtype=self.dtype,
+                          param_dtype=self.param_dtype, name=f"conv_{i}")(x))
+    return x
 
 
 def vote_prior_head(**kwargs: Any) -> nn.Dense:
