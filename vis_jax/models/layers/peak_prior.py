@@ -31,7 +31,8 @@ Both draw a query towards the *place* of its peak, and a same-class neighbour to
 still close. With centre votes (the configs' ``peak_prior_votes``; Panoptic-DeepLab's centre
 offsets, Cheng et al. 2020) a dense head on the mask features predicts at every cell ``p`` the
 offset ``o(p)`` to the centre of mass of the instance covering it (trained by
-``losses/centre_offsets.py``), and the query adds
+``losses/centre_offsets.py``; a linear read-out, or ``CentreOffsetTower`` first with the
+configs' ``centre_offset_width``), and the query adds
 
     vote_prior(p) = −softplus(w) · |ν(p) − ν(peak)|² / σ₀²,   ν(p) = p + o(p),
 
