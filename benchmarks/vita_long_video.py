@@ -321,7 +321,9 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
   fns = bundle._jitted  # noqa: SLF001  (the bundle's jitted inference pieces)
   images = np.zeros((chunk, *video.padded_size, 3), np.uint8)
   valid = np.zeros((chunk, *video.padded_size), bool)
-  q_shape, f_shape, _ = jax.eval_shape(fns["frame_queries"], variables, images, valid)
+  # The chunk's features: (VITA mask features, the detector's centre offsets or None).
+  q_shape, (f_shape, o_shape), _ = jax.eval_shape(fns["frame_queries"], variables, images,
+                                                  valid)
   k = min(int(cfg.top_k), int(config.model.vita.num_object_queries) * int(config.data.num_classes))
   mask_embed = jnp.zeros((k, f_shape.shape[-1]), jnp.float32)
   low = jnp.zeros((k, chunk, *f_shape.shape[1:3]), jnp.float32)
@@ -334,10 +336,15 @@ def run_one(model: str, length: int, seed: int = 0) -> dict[str, Any]:
                    {"padded_hw": tuple(video.padded_size), "resized_hw": tuple(video.resized_size),
                     "original_hw": tuple(video.original_size)}),
   }
-  features = jnp.zeros(f_shape.shape, f_shape.dtype)
-  if config.model.vita.get("peak_prior", False):  # the masks streamed per chunk
+  features = (jnp.zeros(f_shape.shape, f_shape.dtype),
+              None if o_shape is None else jnp.zeros(o_shape.shape, o_shape.dtype))
+  vita_cfg = config.model.vita
+  if vita_cfg.get("peak_prior", False):  # the masks streamed per chunk
+    side = int(vita_cfg.get("peak_prior_template", 0))
+    votes = jnp.zeros((k, 1), jnp.float32) if vita_cfg.get("peak_prior_votes", False) else None
     pieces["peak_prior_masks"] = (fns["peak_prior_masks"], (
-        mask_embed, mask_embed, jnp.zeros((k, 3), jnp.float32), features), {})
+        mask_embed, mask_embed, jnp.zeros((k, 3 + side * side), jnp.float32), votes,
+        features), {})
   else:
     pieces["masks_from_features"] = (fns["masks_from_features"], (mask_embed, features), {})
   if not keep:
